@@ -1,0 +1,144 @@
+"""Train the attnwatch encoder on synthetic series and export it to ONNX.
+
+    python models/train.py --steps 1500 --seed 7 --out models/attnwatch-encoder.onnx
+
+Writes, next to --out:
+  <name>.onnx                   opset-18 graph with metadata_props (the contract)
+  <name>.reference.json         a small input batch and ONNX Runtime's outputs,
+                                used by the Rust parity test
+Checks PyTorch against ONNX Runtime on that batch before it writes anything.
+Needs torch, onnx, onnxruntime and numpy (not part of CI; see models/README.md).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from encoder import Encoder
+from synth import windows
+
+CONTRACT_VERSION = "1"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=32)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-ff", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--version", default="0.1.0")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "attnwatch-encoder.onnx"))
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = Encoder(args.window, args.d_model, args.heads, args.layers, args.d_ff)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps)
+    val = torch.from_numpy(windows(np.random.default_rng(args.seed + 1), 2048, args.window)).unsqueeze(-1)
+
+    t0 = time.time()
+    loss_hist = []
+    for step in range(1, args.steps + 1):
+        x = torch.from_numpy(windows(rng, args.batch, args.window)).unsqueeze(-1)
+        loss = model.nll(x)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_hist.append(loss.item())
+        if step % 100 == 0 or step == args.steps:
+            with torch.no_grad():
+                vloss = model.nll(val).item()
+            print(f"step {step}/{args.steps} train_nll {np.mean(loss_hist[-100:]):.4f} "
+                  f"val_nll {vloss:.4f} elapsed {time.time() - t0:.0f}s", flush=True)
+    train_seconds = time.time() - t0
+    model.eval()
+    with torch.no_grad():
+        val_nll = model.nll(val).item()
+
+    params = sum(p.numel() for p in model.parameters())
+    export(model, args, params, train_seconds, val_nll)
+
+
+def flops_per_window(w, d, h, layers, d_ff):
+    """Multiply-adds x2 for one window (F = 1)."""
+    per_layer = 4 * w * d * d * 2 + 2 * w * w * d * 2 + 2 * w * d * d_ff * 2
+    return layers * per_layer + w * 2 * d * 2 + d * 2 * 2
+
+
+def export(model, args, params, train_seconds, val_nll):
+    out = args.out
+    x = torch.from_numpy(windows(np.random.default_rng(1234), 4, args.window)).unsqueeze(-1)
+    torch.onnx.export(
+        model, (x,), out, dynamo=False, opset_version=18,
+        input_names=["window"],
+        output_names=["pred_mean", "pred_std", "raw_score", "attention"],
+        dynamic_axes={"window": {0: "batch"}, "pred_mean": {0: "batch"}, "pred_std": {0: "batch"},
+                      "raw_score": {0: "batch"}, "attention": {0: "batch"}},
+    )
+    m = onnx.load(out)
+    flops = flops_per_window(args.window, args.d_model, args.heads, args.layers, args.d_ff)
+    meta = {
+        "attnwatch.contract": CONTRACT_VERSION,
+        "attnwatch.model_name": "attnwatch-encoder",
+        "attnwatch.model_version": args.version,
+        "attnwatch.window": str(args.window),
+        "attnwatch.features": "value",
+        "attnwatch.layers": str(args.layers),
+        "attnwatch.heads": str(args.heads),
+        "attnwatch.d_model": str(args.d_model),
+        "attnwatch.input": "window: float32 [batch, W, F] raw values, oldest first; the last row is the point to score",
+        "attnwatch.outputs": json.dumps({
+            "pred_mean": "float32 [batch, F]: predicted value of the newest point, input units",
+            "pred_std": "float32 [batch, F]: predicted scale of the newest point, input units",
+            "raw_score": "float32 [batch, F]: |x_new - pred_mean| / pred_std",
+            "attention": "float32 [batch, layers, heads, W]: softmax attention row of the newest position",
+        }),
+        "attnwatch.score": "raw_score = |x[W-1] - mean| / std of a Gaussian predicted from the other W-1 points "
+                            "(newest value masked); per-window normalisation (RevIN, context statistics) is in the graph",
+        "attnwatch.training": json.dumps({
+            "data": "synthetic (models/synth.py)", "objective": "gaussian NLL of the masked newest point",
+            "steps": args.steps, "batch": args.batch, "seed": args.seed, "seconds": round(train_seconds, 1),
+            "val_nll": round(val_nll, 4), "params": params, "flops_per_window": flops,
+        }),
+    }
+    for k, v in meta.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.checker.check_model(m)
+    onnx.save(m, out)
+
+    # Parity: PyTorch vs ONNX Runtime, then the reference file for Rust.
+    sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"window": x.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in model(x)]
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(got, want))
+    print(f"parity torch vs onnxruntime: max abs diff {worst:.2e}")
+    assert worst < 1e-4, "ONNX export does not match PyTorch"
+    ref = {
+        "input": {"name": "window", "shape": list(x.shape), "data": x.numpy().ravel().tolist()},
+        "outputs": {name: {"shape": list(a.shape), "data": a.ravel().tolist()}
+                    for name, a in zip(["pred_mean", "pred_std", "raw_score", "attention"], got)},
+    }
+    with open(out.replace(".onnx", ".reference.json"), "w") as f:
+        json.dump(ref, f)
+    print(f"wrote {out} ({os.path.getsize(out)} bytes), params {params}, flops/window {flops}, "
+          f"trained {train_seconds:.0f}s, val_nll {val_nll:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+//! Wiring: builds every stage, connects them with bounded channels, and
+//! runs the shutdown sequence.
+//!
+//! ```text
+//! consumer task --flume(job, bounded, per thread)--> inference threads
+//!      |                                                  |
+//!      +--mpsc(dead letters, bounded)--+  +--mpsc(scores)-+
+//!                                      v  v
+//!                                 producer task --acks--> offset store
+//! ```
+//!
+//! Shutdown (one `CancellationToken`, bounded by `shutdown.grace`):
+//! 1. the consumer task stops consuming and drops the job senders;
+//! 2. inference threads finish the windows already queued, then exit;
+//! 3. the producer task delivers everything in flight, then exits;
+//! 4. the producer is flushed;
+//! 5. stored offsets are committed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ingest::decode::FeatureSet;
+use crate::ingest::kafka::{self, IngestError, OffsetStore, Outputs};
+use crate::ingest::stage::Planner;
+use crate::metrics::Metrics;
+use crate::model::worker::{self, WorkerSettings};
+use crate::model::{Engine, ModelError};
+use crate::publish::{self, PublishSettings};
+use crate::score::Scorer;
+use crate::server::{self, Health};
+
+/// Errors that stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The model could not be loaded or breaks the contract.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Kafka clients could not be created.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The producer could not be created.
+    #[error("kafka producer: {0}")]
+    Producer(rdkafka::error::KafkaError),
+    /// The HTTP server could not bind.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// Address.
+        addr: SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// Metrics registry failure.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The model is not of a kind this build can serve.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// An internal task failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A started service.
+pub struct App {
+    http_addr: SocketAddr,
+    metrics: Metrics,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl App {
+    /// Address of the HTTP server.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Wait until the service has shut down.
+    pub async fn wait(self) -> Result<(), AppError> {
+        self.task
+            .await
+            .map_err(|e| AppError::Internal(format!("service task: {e}")))?
+    }
+
+    /// Load the model, connect to Kafka, start every stage. Returns once the
+    /// service is running; cancel `shutdown` to stop it.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, AppError> {
+        let metrics = Metrics::new()?;
+        let health = Arc::new(Health::default());
+        let lib = config.onnxruntime_library().ok_or(ModelError::NoLibrary)?;
+
+        // Model: one engine per inference thread, each warmed up once.
+        let model_cfg = config.model.clone();
+        let engines = tokio::task::spawn_blocking(move || -> Result<Vec<Engine>, ModelError> {
+            let mut engines = Vec::with_capacity(model_cfg.sessions);
+            for _ in 0..model_cfg.sessions {
+                let mut e = Engine::load(&model_cfg, &lib)?;
+                let c = e.contract();
+                e.infer(vec![0.0; c.window * c.f()], 1)?;
+                engines.push(e);
+            }
+            Ok(engines)
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("model loading task: {e}")))??;
+        let first = engines
+            .first()
+            .ok_or_else(|| AppError::Internal("no inference session".into()))?;
+        let contract = first.contract().clone();
+        if contract.f() != 1 {
+            return Err(AppError::Unsupported(format!(
+                "model declares {} features; this build serves channel-independent (F = 1) models",
+                contract.f()
+            )));
+        }
+        let provider = first.provider();
+        metrics
+            .model_info
+            .with_label_values(&[
+                &contract.name,
+                &contract.version,
+                &contract.window.to_string(),
+                provider.as_str(),
+                config.model.provider.as_str(),
+            ])
+            .set(1);
+        tracing::info!(model = %contract.id(), window = contract.window, provider = provider.as_str(),
+            requested = config.model.provider.as_str(), sessions = engines.len(), "model loaded");
+        health.model_warm.store(true, Ordering::Relaxed);
+
+        // HTTP: up before Kafka so /healthz answers while we connect.
+        let http_shutdown = CancellationToken::new();
+        let (http_addr, http_task) = server::serve(
+            config.server.listen,
+            metrics.clone(),
+            health.clone(),
+            http_shutdown.clone(),
+        )
+        .await
+        .map_err(|source| AppError::Http {
+            addr: config.server.listen,
+            source,
+        })?;
+        tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
+
+        // Kafka clients.
+        let mut pc = kafka::client_config(&config.kafka);
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                config.publish.delivery_timeout.as_millis().to_string(),
+            );
+        let producer: FutureProducer = pc.create().map_err(AppError::Producer)?;
+        let (consumer, shared) = kafka::consumer(&config.kafka, metrics.clone())?;
+        let store = Arc::new(OffsetStore::new(consumer.clone(), shared));
+
+        // Channels and stages.
+        let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));
+        let publisher = tokio::spawn(publish::run(
+            producer.clone(),
+            pub_rx,
+            PublishSettings {
+                output_topic: config.kafka.output_topic.clone(),
+                dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+                max_in_flight: config.publish.max_in_flight,
+            },
+            store.clone(),
+            metrics.clone(),
+        ));
+        let settings = WorkerSettings {
+            max_batch: config.model.max_batch,
+            max_delay: config.model.max_delay,
+            publish: config.publish.clone(),
+        };
+        let mut job_txs = Vec::with_capacity(engines.len());
+        let mut workers = Vec::with_capacity(engines.len());
+        for (i, engine) in engines.into_iter().enumerate() {
+            let (tx, rx) = flume::bounded(config.model.queue_capacity);
+            job_txs.push(tx);
+            let (scorer, out, s, m) = (
+                Scorer::new(config.score.clone()),
+                pub_tx.clone(),
+                settings.clone(),
+                metrics.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("attnwatch-infer-{i}"))
+                .spawn(move || worker::run(engine, scorer, rx, out, s, m))
+                .map_err(|e| AppError::Internal(format!("spawning inference thread: {e}")))?;
+            workers.push(handle);
+        }
+        let planner = Planner::new(contract.window, FeatureSet(None), metrics.clone());
+        let ingest = tokio::spawn(kafka::run(
+            consumer.clone(),
+            store,
+            planner,
+            Outputs {
+                jobs: job_txs,
+                publish: pub_tx,
+            },
+            shutdown.clone(),
+            metrics.clone(),
+        ));
+
+        let grace = config.shutdown.grace;
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            let drained = async {
+                if let Err(e) = ingest.await {
+                    m.error("kafka", &format!("ingest task: {e}"));
+                }
+                health.draining.store(true, Ordering::Relaxed);
+                tracing::info!("draining: inference threads");
+                let joined = tokio::task::spawn_blocking(move || {
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                })
+                .await;
+                if let Err(e) = joined {
+                    m.error("inference", &format!("joining inference threads: {e}"));
+                }
+                tracing::info!("draining: producer deliveries");
+                if let Err(e) = publisher.await {
+                    m.error("delivery", &format!("producer task: {e}"));
+                }
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
+                tracing::warn!(?grace, "shutdown grace period over; stopping without a full drain");
+            }
+            let flush = tokio::task::spawn_blocking(move || {
+                if let Err(e) = producer.flush(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "producer flush");
+                }
+            });
+            let _ = flush.await;
+            kafka::commit(&consumer, &m);
+            tracing::info!("offsets committed; stopped");
+            http_shutdown.cancel();
+            let _ = http_task.await;
+            Ok(())
+        });
+        Ok(App {
+            http_addr,
+            metrics,
+            task,
+        })
+    }
+}
+
+/// Start the service and run it until `shutdown` is cancelled and drained.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    App::start(config, shutdown).await?.wait().await
+}

@@ -1,0 +1,529 @@
+//! Configuration: one serde tree, read from a TOML file and overridden by
+//! `ATTNWATCH__SECTION__KEY` environment variables.
+//!
+//! Owns parsing, defaults and cross-field validation. It does not open any
+//! connection or file other than the config file itself; the model contract
+//! (window length, features) is checked later, against the model.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors raised while loading or validating the configuration (fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// An environment override could not be applied.
+    #[error("invalid environment override {var}: {reason}")]
+    Env {
+        /// The variable name.
+        var: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Values are individually valid but break an invariant.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Prefix of environment variables that override config values.
+pub const ENV_PREFIX: &str = "ATTNWATCH__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection, topics and delivery.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// The ONNX model and its execution.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Per-series calibration and the anomaly threshold.
+    #[serde(default)]
+    pub score: ScoreConfig,
+    /// What is published for each scored point.
+    #[serde(default)]
+    pub publish: PublishConfig,
+    /// The HTTP server for metrics and health.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group id. Instances with the same group share the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topic with input samples (JSON, keyed by series id).
+    #[serde(default = "default_input_topic")]
+    pub input_topic: String,
+    /// Topic that receives one JSON score per scored point.
+    #[serde(default = "default_output_topic")]
+    pub output_topic: String,
+    /// Topic that receives rejected records, original bytes plus a reason header.
+    #[serde(default = "default_dlq_topic")]
+    pub dead_letter_topic: String,
+    /// How often stored offsets are committed (they are also committed on shutdown).
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// On partition assignment, how many messages before the committed offset
+    /// are re-read with output suppressed to rebuild window state. Set it to at
+    /// least the window length times the number of series per partition.
+    #[serde(default = "default_rebuild_messages")]
+    pub rebuild_messages: i64,
+    /// Extra librdkafka properties, applied to both consumer and producer
+    /// (for example `"security.protocol" = "SSL"`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Execution provider requested for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// NVIDIA CUDA (needs the `cuda` build feature and the onnxruntime-gpu library).
+    Cuda,
+}
+
+impl Provider {
+    /// Lowercase name, as used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
+/// Model settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Path of the `.onnx` file.
+    #[serde(default = "default_model_path")]
+    pub path: PathBuf,
+    /// Path of `libonnxruntime.so`. Empty: taken from the `ORT_DYLIB_PATH`
+    /// environment variable (set by `scripts/setup`'s environment).
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Execution provider: `cpu` or `cuda`.
+    #[serde(default = "default_provider")]
+    pub provider: Provider,
+    /// When `cuda` is requested but cannot be used, fall back to CPU (logged
+    /// and visible in `attnwatch_model_info`) instead of failing at startup.
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// Number of inference threads, each with its own session. Series are
+    /// sharded across them by hash, which keeps each series in order.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads per session.
+    #[serde(default = "default_intra_threads")]
+    pub intra_threads: usize,
+    /// Largest number of windows in one inference call.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once its first window arrived.
+    #[serde(default = "default_max_delay", with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Capacity of each inference thread's input queue (points).
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+/// Calibration settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Normalised score above which a point is anomalous.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Scored points per series before any alert (probation).
+    #[serde(default = "default_probation")]
+    pub probation: usize,
+    /// Number of recent raw scores kept per series for calibration.
+    #[serde(default = "default_history")]
+    pub history: usize,
+    /// Width of the rolling band, in robust standard deviations (1.4826 MAD).
+    #[serde(default = "default_band")]
+    pub band: f64,
+    /// Lowest raw score that can ever be anomalous (the model's z-score).
+    #[serde(default = "default_min_raw")]
+    pub min_raw_threshold: f64,
+}
+
+/// How much attention detail is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionDetail {
+    /// No attention in the output.
+    None,
+    /// The `top_k` most-attended past timestamps (mean over layers and heads).
+    TopK,
+    /// The full attention row of the scored point, per layer, mean over heads.
+    Row,
+}
+
+/// Output settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Attention detail: `none`, `top_k` or `row`.
+    #[serde(default = "default_attention")]
+    pub attention: AttentionDetail,
+    /// k for `top_k`.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Most output messages awaiting broker acknowledgement at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Producer delivery timeout (librdkafka `message.timeout.ms`).
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`. Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Shutdown settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Upper bound for the whole drain: stop consuming, drain inference,
+    /// flush the producer, commit offsets.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:19092".into()
+}
+fn default_group() -> String {
+    "attnwatch".into()
+}
+fn default_input_topic() -> String {
+    "attnwatch-input".into()
+}
+fn default_output_topic() -> String {
+    "attnwatch-scores".into()
+}
+fn default_dlq_topic() -> String {
+    "attnwatch-dead-letter".into()
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_rebuild_messages() -> i64 {
+    1024
+}
+fn default_model_path() -> PathBuf {
+    "models/attnwatch-encoder.onnx".into()
+}
+fn default_provider() -> Provider {
+    Provider::Cpu
+}
+fn default_sessions() -> usize {
+    1
+}
+fn default_intra_threads() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    64
+}
+fn default_max_delay() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_queue_capacity() -> usize {
+    4096
+}
+fn default_threshold() -> f64 {
+    1.0
+}
+fn default_probation() -> usize {
+    64
+}
+fn default_history() -> usize {
+    512
+}
+fn default_band() -> f64 {
+    6.0
+}
+fn default_min_raw() -> f64 {
+    4.0
+}
+fn default_attention() -> AttentionDetail {
+    AttentionDetail::TopK
+}
+fn default_top_k() -> usize {
+    5
+}
+fn default_max_in_flight() -> usize {
+    10_000
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9898))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // An empty table takes every field's named default.
+                match toml::from_str::<$t>("") {
+                    Ok(v) => v,
+                    Err(e) => unreachable!("defaults of {} must deserialize: {e}", stringify!($t)),
+                }
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    KafkaConfig,
+    ModelConfig,
+    ScoreConfig,
+    PublishConfig,
+    ServerConfig,
+    ShutdownConfig
+);
+
+impl Config {
+    /// Read `path`, apply the process environment's overrides, validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// Parse TOML text, apply `ATTNWATCH__SECTION__KEY=value` overrides taken
+    /// from `env`, then validate. `value` is read as a TOML value when it
+    /// parses as one (numbers, booleans, quoted strings), else as a string.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for (var, raw) in env {
+            let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            if keys.iter().any(|k| k.is_empty()) {
+                return Err(ConfigError::Env {
+                    var,
+                    reason: "empty key segment".into(),
+                });
+            }
+            set_path(&mut table, &keys, parse_env_value(&raw)).map_err(|reason| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    reason,
+                }
+            })?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check invariants across fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        let mut problems = Vec::new();
+        if k.brokers.trim().is_empty() {
+            problems.push("kafka.brokers is empty".to_string());
+        }
+        let topics = [&k.input_topic, &k.output_topic, &k.dead_letter_topic];
+        if topics.iter().any(|t| t.trim().is_empty()) {
+            problems.push("kafka topics must not be empty".to_string());
+        }
+        if k.input_topic == k.output_topic || k.input_topic == k.dead_letter_topic {
+            problems.push("kafka.input_topic must differ from the output and dead-letter topics (a loop)".into());
+        }
+        if k.rebuild_messages < 0 {
+            problems.push("kafka.rebuild_messages must be >= 0".into());
+        }
+        if k.commit_interval.is_zero() {
+            problems.push("kafka.commit_interval must be > 0".into());
+        }
+        let m = &self.model;
+        if m.sessions == 0 || m.sessions > 64 {
+            problems.push("model.sessions must be in 1..=64".into());
+        }
+        if m.intra_threads == 0 {
+            problems.push("model.intra_threads must be >= 1".into());
+        }
+        if m.max_batch == 0 || m.max_batch > 65_536 {
+            problems.push("model.max_batch must be in 1..=65536".into());
+        }
+        if m.queue_capacity == 0 {
+            problems.push("model.queue_capacity must be >= 1".into());
+        }
+        let s = &self.score;
+        if !(s.threshold.is_finite() && s.threshold > 0.0) {
+            problems.push("score.threshold must be a positive number".into());
+        }
+        if s.history < 8 {
+            problems.push("score.history must be >= 8".into());
+        }
+        if !(s.band.is_finite() && s.band > 0.0) {
+            problems.push("score.band must be a positive number".into());
+        }
+        if !(s.min_raw_threshold.is_finite() && s.min_raw_threshold > 0.0) {
+            problems.push("score.min_raw_threshold must be a positive number".into());
+        }
+        let p = &self.publish;
+        if p.attention == AttentionDetail::TopK && p.top_k == 0 {
+            problems.push("publish.top_k must be >= 1 when publish.attention = \"top_k\"".into());
+        }
+        if p.max_in_flight == 0 {
+            problems.push("publish.max_in_flight must be >= 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// The ONNX Runtime library path: from config, else `ORT_DYLIB_PATH`.
+    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
+        self.model
+            .onnxruntime_library
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    match keys {
+        [] => Err("no key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml_and_env("", env(&[])).unwrap();
+        assert_eq!(c.kafka.input_topic, "attnwatch-input");
+        assert_eq!(c.model.provider, Provider::Cpu);
+        assert_eq!(c.model.max_delay, Duration::from_millis(5));
+        assert_eq!(c.publish.attention, AttentionDetail::TopK);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::from_toml_and_env(
+            "[kafka]\nbrokers = \"a:1\"\n[model]\nmax_batch = 8\n",
+            env(&[
+                ("ATTNWATCH__KAFKA__BROKERS", "b:2"),
+                ("ATTNWATCH__MODEL__MAX_BATCH", "32"),
+                ("ATTNWATCH__MODEL__MAX_DELAY", "20ms"),
+                ("ATTNWATCH__PUBLISH__ATTENTION", "row"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "b:2");
+        assert_eq!(c.model.max_batch, 32);
+        assert_eq!(c.model.max_delay, Duration::from_millis(20));
+        assert_eq!(c.publish.attention, AttentionDetail::Row);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = Config::from_toml_and_env("[kafka]\nbrokerz = \"a\"\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("brokerz"), "{e}");
+        let e = Config::from_toml_and_env("", env(&[("ATTNWATCH__MODEL__NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn cross_field_validation() {
+        let e = Config::from_toml_and_env(
+            "[kafka]\ninput_topic = \"x\"\noutput_topic = \"x\"\n[model]\nmax_batch = 0\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("loop") && msg.contains("max_batch"), "{msg}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/attnwatch.example.toml");
+        Config::from_toml_and_env(text, env(&[])).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+//! attnwatch: a streaming time-series anomaly detector.
+//!
+//! The modules follow the data flow, in pipeline order:
+//!
+//! `config` -> `ingest` (Kafka consumer, decode, offsets) -> `window`
+//! (per-series ring buffers) -> `model` (ONNX Runtime sessions on dedicated
+//! threads, batching) -> `score` (per-series calibration, thresholds) ->
+//! `publish` (output encoding, Kafka producer) -> `metrics` / `server`
+//! (HTTP `/metrics`, `/healthz`, `/readyz`).
+//!
+//! [`app`] wires the stages together with bounded channels. The window and
+//! score modules are pure (no I/O, no tokio), so they are cheap to test.
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod publish;
+pub mod score;
+pub mod server;
+pub mod tools;
+pub mod window;

@@ -1,0 +1,158 @@
+//! The `attnwatch` binary: parse the CLI, start tracing, load config, run.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use attnwatch::config::Config;
+use attnwatch::tools::{replay, summarize};
+
+/// Streaming time-series anomaly detector: Kafka in, Transformer-encoder
+/// attention model (ONNX Runtime) per point, scores and attention out.
+#[derive(Parser)]
+#[command(name = "attnwatch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service. Config values can be overridden with
+    /// ATTNWATCH__SECTION__KEY environment variables.
+    Run {
+        /// TOML config file (see config/attnwatch.example.toml).
+        #[arg(short, long, default_value = "config/attnwatch.example.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file (with environment overrides) and print the result.
+    CheckConfig {
+        /// TOML config file.
+        config: PathBuf,
+    },
+    /// Produce a CSV series into a Kafka topic in the input format.
+    Replay {
+        /// CSV file with a header row.
+        #[arg(long)]
+        input: PathBuf,
+        /// Target topic.
+        #[arg(long)]
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// Series id to send (default: the file name without extension).
+        #[arg(long)]
+        series: Option<String>,
+        /// Timestamp column.
+        #[arg(long, default_value = "timestamp")]
+        ts_column: String,
+        /// Value column.
+        #[arg(long, default_value = "value")]
+        value_column: String,
+        /// Replay speed relative to the file's timestamps.
+        #[arg(long, conflicts_with = "as_fast_as_possible")]
+        speed: Option<f64>,
+        /// Send without pacing (the default when --speed is not given).
+        #[arg(long)]
+        as_fast_as_possible: bool,
+    },
+    /// Read an output topic and print a summary of scores and anomalies.
+    Summarize {
+        /// Output topic.
+        #[arg(long)]
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        expect: usize,
+        /// Stop after this long at most.
+        #[arg(long, default_value = "120s", value_parser = humantime_duration)]
+        timeout: Duration,
+        /// How many top-scoring points to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime_serde::re::humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("attnwatch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!("{}: ok", config.display());
+            println!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            let c = Config::load(&config)?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                attnwatch::app::run(c, shutdown).await
+            })?;
+            Ok(())
+        }
+        Command::Replay { input, topic, brokers, series, ts_column, value_column, speed, as_fast_as_possible: _ } => {
+            let rows = replay::read_csv(&input, &ts_column, &value_column)?;
+            let series = series.unwrap_or_else(|| {
+                input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "series".into())
+            });
+            let pace = speed.map_or(replay::Pace::AsFastAsPossible, replay::Pace::Speed);
+            let n = rt.block_on(replay::replay(&brokers, &topic, &series, &rows, pace))?;
+            eprintln!("replayed {n} rows of {} as series {series:?} into {topic}", input.display());
+            Ok(())
+        }
+        Command::Summarize { topic, brokers, expect, timeout, top } => {
+            let records = rt
+                .block_on(summarize::collect(&brokers, &topic, expect, timeout))
+                .context("reading the output topic")?;
+            print!("{}", summarize::render(&records, top));
+            if records.len() < expect {
+                anyhow::bail!("only {} of {expect} records arrived within {timeout:?}", records.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful drain. Second: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: draining (send again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without drain");
+    std::process::exit(130);
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics: every name in one place, one registry per process
+//! instance of the service.
+//!
+//! Names carry the `attnwatch_` prefix; counters end in `_total`, durations
+//! are in seconds. No metric has a per-series label: topic, partition and
+//! bounded reason codes only. Error events go through [`Metrics::error`],
+//! which both logs and counts, so the two cannot drift apart.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::ingest::decode::Reason;
+
+/// Kafka messages consumed from the input topic.
+pub const RECORDS_CONSUMED: &str = "attnwatch_records_consumed_total";
+/// Samples decoded from consumed messages.
+pub const SAMPLES: &str = "attnwatch_samples_total";
+/// Output messages acknowledged by the broker.
+pub const RECORDS_PUBLISHED: &str = "attnwatch_records_published_total";
+/// Records sent to the dead-letter topic, by reason.
+pub const RECORDS_DEAD_LETTERED: &str = "attnwatch_records_dead_lettered_total";
+/// Points dropped because they were older than their series' last point.
+pub const RECORDS_LATE: &str = "attnwatch_records_late_total";
+/// Points dropped because their timestamp repeated the last one.
+pub const RECORDS_DUPLICATE: &str = "attnwatch_records_duplicate_total";
+/// Points read while rebuilding windows after an assignment (not scored).
+pub const RECORDS_REPLAYED: &str = "attnwatch_records_replayed_total";
+/// Windows scored by the model.
+pub const WINDOWS_SCORED: &str = "attnwatch_windows_scored_total";
+/// Points flagged anomalous.
+pub const ANOMALIES: &str = "attnwatch_anomalies_total";
+/// Windows per inference call.
+pub const INFERENCE_BATCH_SIZE: &str = "attnwatch_inference_batch_size";
+/// Duration of one inference call.
+pub const INFERENCE_LATENCY: &str = "attnwatch_inference_latency_seconds";
+/// From the input message's Kafka timestamp to the output's acknowledgement.
+pub const END_TO_END_LATENCY: &str = "attnwatch_end_to_end_latency_seconds";
+/// Consumer lag per input partition (from librdkafka statistics).
+pub const CONSUMER_LAG: &str = "attnwatch_consumer_lag";
+/// Series with window state.
+pub const ACTIVE_SERIES: &str = "attnwatch_active_series";
+/// Assigned input partitions.
+pub const ASSIGNED_PARTITIONS: &str = "attnwatch_assigned_partitions";
+/// Constant 1, labelled with the model and the execution provider in use.
+pub const MODEL_INFO: &str = "attnwatch_model_info";
+/// Errors by kind (kafka, delivery, inference, commit, ...).
+pub const ERRORS: &str = "attnwatch_errors_total";
+
+/// Handles to every metric of one service instance.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served at `/metrics`.
+    pub registry: Registry,
+    /// [`RECORDS_CONSUMED`].
+    pub records_consumed: IntCounter,
+    /// [`SAMPLES`].
+    pub samples: IntCounter,
+    /// [`RECORDS_PUBLISHED`].
+    pub records_published: IntCounter,
+    /// [`RECORDS_DEAD_LETTERED`], label `reason`.
+    pub dead_lettered: IntCounterVec,
+    /// [`RECORDS_LATE`].
+    pub late: IntCounter,
+    /// [`RECORDS_DUPLICATE`].
+    pub duplicate: IntCounter,
+    /// [`RECORDS_REPLAYED`].
+    pub replayed: IntCounter,
+    /// [`WINDOWS_SCORED`].
+    pub windows_scored: IntCounter,
+    /// [`ANOMALIES`].
+    pub anomalies: IntCounter,
+    /// [`INFERENCE_BATCH_SIZE`].
+    pub batch_size: Histogram,
+    /// [`INFERENCE_LATENCY`].
+    pub inference_latency: Histogram,
+    /// [`END_TO_END_LATENCY`].
+    pub end_to_end: HistogramVec,
+    /// [`CONSUMER_LAG`], label `partition`.
+    pub consumer_lag: IntGaugeVec,
+    /// [`ACTIVE_SERIES`].
+    pub active_series: IntGauge,
+    /// [`ASSIGNED_PARTITIONS`].
+    pub assigned_partitions: IntGauge,
+    /// [`MODEL_INFO`].
+    pub model_info: IntGaugeVec,
+    /// [`ERRORS`], label `kind`.
+    pub errors: IntCounterVec,
+}
+
+/// Error kinds counted under [`ERRORS`].
+pub const ERROR_KINDS: [&str; 6] = ["kafka", "delivery", "inference", "commit", "offset_store", "encode"];
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18)?;
+        let e2e_buckets = prometheus::exponential_buckets(0.001, 2.0, 18)?;
+        let end_to_end = HistogramVec::new(
+            HistogramOpts::new(END_TO_END_LATENCY, "Input message timestamp to output acknowledgement.")
+                .buckets(e2e_buckets),
+            &["topic"],
+        )?;
+        registry.register(Box::new(end_to_end.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(CONSUMER_LAG, "Consumer lag in messages per input partition."),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let model_info = IntGaugeVec::new(
+            Opts::new(MODEL_INFO, "The loaded model; provider is the execution provider actually in use."),
+            &["model", "version", "window", "provider", "requested_provider"],
+        )?;
+        registry.register(Box::new(model_info.clone()))?;
+        let m = Metrics {
+            records_consumed: counter(RECORDS_CONSUMED, "Kafka messages consumed from the input topic.")?,
+            samples: counter(SAMPLES, "Samples decoded from consumed messages.")?,
+            records_published: counter(RECORDS_PUBLISHED, "Output messages acknowledged by the broker.")?,
+            dead_lettered: counter_vec(RECORDS_DEAD_LETTERED, "Records sent to the dead-letter topic.", "reason")?,
+            late: counter(RECORDS_LATE, "Points dropped: older than the last point of their series.")?,
+            duplicate: counter(RECORDS_DUPLICATE, "Points dropped: same timestamp as the last point of their series.")?,
+            replayed: counter(RECORDS_REPLAYED, "Messages re-read to rebuild windows after an assignment.")?,
+            windows_scored: counter(WINDOWS_SCORED, "Windows scored by the model.")?,
+            anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
+            batch_size: histogram(
+                INFERENCE_BATCH_SIZE,
+                "Windows per inference call.",
+                prometheus::exponential_buckets(1.0, 2.0, 12)?,
+            )?,
+            inference_latency: histogram(INFERENCE_LATENCY, "Duration of one inference call.", latency_buckets)?,
+            end_to_end,
+            consumer_lag,
+            active_series: gauge(ACTIVE_SERIES, "Series with window state.")?,
+            assigned_partitions: gauge(ASSIGNED_PARTITIONS, "Input partitions assigned to this instance.")?,
+            model_info,
+            errors: counter_vec(ERRORS, "Errors by kind.", "kind")?,
+            registry,
+        };
+        for reason in Reason::ALL_CODES {
+            m.dead_lettered.with_label_values(&[reason]);
+        }
+        for kind in ERROR_KINDS {
+            m.errors.with_label_values(&[kind]);
+        }
+        Ok(m)
+    }
+
+    /// Log an error event and count it under `kind` (one of [`ERROR_KINDS`]).
+    pub fn error(&self, kind: &'static str, message: &dyn std::fmt::Display) {
+        tracing::warn!(kind, error = %message, "error event");
+        self.errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Render the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding metrics failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_prefix_and_no_series_label() {
+        let m = Metrics::new().unwrap();
+        m.records_consumed.inc();
+        m.batch_size.observe(3.0);
+        m.inference_latency.observe(0.001);
+        m.end_to_end.with_label_values(&["in"]).observe(0.01);
+        m.consumer_lag.with_label_values(&["in", "0"]).set(5);
+        m.model_info
+            .with_label_values(&["attnwatch-encoder", "0.1.0", "64", "cpu", "cpu"])
+            .set(1);
+        let text = m.render();
+        for name in [
+            RECORDS_CONSUMED, RECORDS_PUBLISHED, RECORDS_DEAD_LETTERED, RECORDS_LATE,
+            WINDOWS_SCORED, ANOMALIES, INFERENCE_BATCH_SIZE, INFERENCE_LATENCY,
+            END_TO_END_LATENCY, CONSUMER_LAG, ACTIVE_SERIES, MODEL_INFO, ERRORS,
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("attnwatch_"), "{line}");
+            assert!(!line.contains("series="), "{line}");
+        }
+    }
+}

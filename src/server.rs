@@ -1,0 +1,85 @@
+//! HTTP server: `/metrics` (Prometheus text format), `/healthz` (the
+//! process is alive) and `/readyz` (model loaded and warm, partitions
+//! assigned). It owns no pipeline state; it reads [`Health`] and the
+//! metrics registry.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Readiness flags set by the pipeline.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every inference session is loaded and has run once.
+    pub model_warm: AtomicBool,
+    /// The service is draining (not ready for traffic any more).
+    pub draining: AtomicBool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Arc<Health>,
+}
+
+async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let model = s.health.model_warm.load(Ordering::Relaxed);
+    let partitions = s.metrics.assigned_partitions.get();
+    let draining = s.health.draining.load(Ordering::Relaxed);
+    let body = format!(
+        "{{\"model_warm\":{model},\"assigned_partitions\":{partitions},\"draining\":{draining}}}\n"
+    );
+    let status = if model && partitions > 0 && !draining {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Bind `addr` and serve until `shutdown` is cancelled. Returns the bound
+/// address (useful with port 0) and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health });
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    Ok((bound, task))
+}

@@ -1,0 +1,178 @@
+//! `attnwatch replay`: produce a CSV file into Kafka in the input format.
+//!
+//! The file has a header with a timestamp column and a value column (NAB's
+//! `timestamp,value` by default). Timestamps are epoch milliseconds, RFC
+//! 3339, or `YYYY-MM-DD HH:MM:SS` (read as UTC). Rows are sent in file order,
+//! one JSON object per message, keyed by the series id, either as fast as
+//! possible or paced by the file's own timestamps times `speed`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+/// Errors of the replay tool.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A row could not be parsed.
+    #[error("{path}:{line}: {reason}")]
+    Row {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// One row of a series file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Epoch ms.
+    pub ts: i64,
+    /// Value.
+    pub value: f64,
+}
+
+/// Parse a timestamp: epoch ms, RFC 3339, or `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn parse_ts(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// Read `ts_col` and `value_col` of a CSV file with a header row.
+pub fn read_csv(path: &Path, ts_col: &str, value_col: &str) -> Result<Vec<Row>, ReplayError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let row_err = |line: usize, reason: String| ReplayError::Row {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    let mut lines = text.lines().enumerate();
+    let header: Vec<&str> = lines
+        .next()
+        .map(|(_, h)| h.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| row_err(1, format!("no column {name:?} in header {header:?}")))
+    };
+    let (ti, vi) = (col(ts_col)?, col(value_col)?);
+    let mut rows = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(t), Some(v)) = (fields.get(ti), fields.get(vi)) else {
+            return Err(row_err(i + 1, "too few columns".into()));
+        };
+        let ts = parse_ts(t).ok_or_else(|| row_err(i + 1, format!("bad timestamp {t:?}")))?;
+        let value = v
+            .trim()
+            .parse::<f64>()
+            .map_err(|e| row_err(i + 1, format!("bad value {v:?}: {e}")))?;
+        rows.push(Row { ts, value });
+    }
+    Ok(rows)
+}
+
+/// Pacing of a replay.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// No waiting between rows.
+    AsFastAsPossible,
+    /// Wait the file's time delta divided by this factor.
+    Speed(f64),
+}
+
+/// Produce `rows` of series `series` to `topic`. Prints progress to stderr.
+pub async fn replay(brokers: &str, topic: &str, series: &str, rows: &[Row], pace: Pace) -> Result<usize, ReplayError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(1024);
+    for (i, row) in rows.iter().enumerate() {
+        if let (Pace::Speed(factor), Some(first)) = (pace, rows.first()) {
+            let due = Duration::from_secs_f64(((row.ts - first.ts).max(0) as f64 / 1000.0) / factor.max(1e-9));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let payload = serde_json::json!({"series": series, "ts": row.ts, "value": row.value}).to_string();
+        let send = producer.send_result(FutureRecord::to(topic).key(series).payload(&payload));
+        match send {
+            Ok(fut) => pending.push(fut),
+            Err((e, _)) => return Err(e.into()),
+        }
+        if pending.len() >= 1024 || i + 1 == rows.len() {
+            for fut in pending.drain(..) {
+                match fut.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+                }
+            }
+            eprintln!("replay: {}/{} rows sent to {topic}", i + 1, rows.len());
+        }
+    }
+    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_in_all_three_forms() {
+        assert_eq!(parse_ts("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_ts("2014-04-01 00:00:00"), Some(1_396_310_400_000));
+        assert_eq!(parse_ts("2014-04-01T00:00:00Z"), Some(1_396_310_400_000));
+        assert_eq!(parse_ts("April"), None);
+    }
+
+    #[test]
+    fn reads_a_nab_file() {
+        let dir = std::env::temp_dir().join(format!("attnwatch-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.csv");
+        std::fs::write(&p, "timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n").unwrap();
+        let rows = read_csv(&p, "timestamp", "value").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].ts - rows[0].ts, 300_000);
+        std::fs::write(&p, "timestamp,value\nx,1\n").unwrap();
+        assert!(read_csv(&p, "timestamp", "value").unwrap_err().to_string().contains(":2:"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
