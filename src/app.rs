@@ -239,7 +239,10 @@ impl App {
                 }
             };
             if tokio::time::timeout(grace, drained).await.is_err() {
-                tracing::warn!(?grace, "shutdown grace period over; stopping without a full drain");
+                tracing::warn!(
+                    ?grace,
+                    "shutdown grace period over; stopping without a full drain"
+                );
             }
             let flush = tokio::task::spawn_blocking(move || {
                 if let Err(e) = producer.flush(Duration::from_secs(5)) {

@@ -379,7 +379,10 @@ impl Config {
             problems.push("kafka topics must not be empty".to_string());
         }
         if k.input_topic == k.output_topic || k.input_topic == k.dead_letter_topic {
-            problems.push("kafka.input_topic must differ from the output and dead-letter topics (a loop)".into());
+            problems.push(
+                "kafka.input_topic must differ from the output and dead-letter topics (a loop)"
+                    .into(),
+            );
         }
         if k.rebuild_messages < 0 {
             problems.push("kafka.rebuild_messages must be >= 0".into());
@@ -439,7 +442,9 @@ impl Config {
 
 fn parse_env_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     }
 }

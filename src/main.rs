@@ -33,6 +33,18 @@ enum Command {
         /// TOML config file.
         config: PathBuf,
     },
+    /// Create the configured input, output and dead-letter topics if missing.
+    CreateTopics {
+        /// TOML config file.
+        #[arg(short, long, default_value = "config/attnwatch.example.toml")]
+        config: PathBuf,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
     /// Produce a CSV series into a Kafka topic in the input format.
     Replay {
         /// CSV file with a header row.
@@ -102,7 +114,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
@@ -119,23 +133,63 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Replay { input, topic, brokers, series, ts_column, value_column, speed, as_fast_as_possible: _ } => {
+        Command::CreateTopics {
+            config,
+            partitions,
+            replication,
+        } => {
+            let c = Config::load(&config)?;
+            let created = rt.block_on(attnwatch::tools::topics::create(
+                &c.kafka,
+                partitions,
+                replication,
+            ))?;
+            for (topic, new) in created {
+                eprintln!("{topic}: {}", if new { "created" } else { "exists" });
+            }
+            Ok(())
+        }
+        Command::Replay {
+            input,
+            topic,
+            brokers,
+            series,
+            ts_column,
+            value_column,
+            speed,
+            as_fast_as_possible: _,
+        } => {
             let rows = replay::read_csv(&input, &ts_column, &value_column)?;
             let series = series.unwrap_or_else(|| {
-                input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "series".into())
+                input
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "series".into())
             });
             let pace = speed.map_or(replay::Pace::AsFastAsPossible, replay::Pace::Speed);
             let n = rt.block_on(replay::replay(&brokers, &topic, &series, &rows, pace))?;
-            eprintln!("replayed {n} rows of {} as series {series:?} into {topic}", input.display());
+            eprintln!(
+                "replayed {n} rows of {} as series {series:?} into {topic}",
+                input.display()
+            );
             Ok(())
         }
-        Command::Summarize { topic, brokers, expect, timeout, top } => {
+        Command::Summarize {
+            topic,
+            brokers,
+            expect,
+            timeout,
+            top,
+        } => {
             let records = rt
                 .block_on(summarize::collect(&brokers, &topic, expect, timeout))
                 .context("reading the output topic")?;
             print!("{}", summarize::render(&records, top));
             if records.len() < expect {
-                anyhow::bail!("only {} of {expect} records arrived within {timeout:?}", records.len());
+                anyhow::bail!(
+                    "only {} of {expect} records arrived within {timeout:?}",
+                    records.len()
+                );
             }
             Ok(())
         }
@@ -145,7 +199,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 /// First SIGTERM/SIGINT: graceful drain. Second: exit at once.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

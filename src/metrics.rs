@@ -90,7 +90,14 @@ pub struct Metrics {
 }
 
 /// Error kinds counted under [`ERRORS`].
-pub const ERROR_KINDS: [&str; 6] = ["kafka", "delivery", "inference", "commit", "offset_store", "encode"];
+pub const ERROR_KINDS: [&str; 6] = [
+    "kafka",
+    "delivery",
+    "inference",
+    "commit",
+    "offset_store",
+    "encode",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,47 +114,83 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let counter_vec = |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter_vec =
+            |name: &str, help: &str, label: &str| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let latency_buckets = prometheus::exponential_buckets(0.0001, 2.0, 18)?;
         let e2e_buckets = prometheus::exponential_buckets(0.001, 2.0, 18)?;
         let end_to_end = HistogramVec::new(
-            HistogramOpts::new(END_TO_END_LATENCY, "Input message timestamp to output acknowledgement.")
-                .buckets(e2e_buckets),
+            HistogramOpts::new(
+                END_TO_END_LATENCY,
+                "Input message timestamp to output acknowledgement.",
+            )
+            .buckets(e2e_buckets),
             &["topic"],
         )?;
         registry.register(Box::new(end_to_end.clone()))?;
         let consumer_lag = IntGaugeVec::new(
-            Opts::new(CONSUMER_LAG, "Consumer lag in messages per input partition."),
+            Opts::new(
+                CONSUMER_LAG,
+                "Consumer lag in messages per input partition.",
+            ),
             &["topic", "partition"],
         )?;
         registry.register(Box::new(consumer_lag.clone()))?;
         let model_info = IntGaugeVec::new(
-            Opts::new(MODEL_INFO, "The loaded model; provider is the execution provider actually in use."),
-            &["model", "version", "window", "provider", "requested_provider"],
+            Opts::new(
+                MODEL_INFO,
+                "The loaded model; provider is the execution provider actually in use.",
+            ),
+            &[
+                "model",
+                "version",
+                "window",
+                "provider",
+                "requested_provider",
+            ],
         )?;
         registry.register(Box::new(model_info.clone()))?;
         let m = Metrics {
-            records_consumed: counter(RECORDS_CONSUMED, "Kafka messages consumed from the input topic.")?,
+            records_consumed: counter(
+                RECORDS_CONSUMED,
+                "Kafka messages consumed from the input topic.",
+            )?,
             samples: counter(SAMPLES, "Samples decoded from consumed messages.")?,
-            records_published: counter(RECORDS_PUBLISHED, "Output messages acknowledged by the broker.")?,
-            dead_lettered: counter_vec(RECORDS_DEAD_LETTERED, "Records sent to the dead-letter topic.", "reason")?,
-            late: counter(RECORDS_LATE, "Points dropped: older than the last point of their series.")?,
-            duplicate: counter(RECORDS_DUPLICATE, "Points dropped: same timestamp as the last point of their series.")?,
-            replayed: counter(RECORDS_REPLAYED, "Messages re-read to rebuild windows after an assignment.")?,
+            records_published: counter(
+                RECORDS_PUBLISHED,
+                "Output messages acknowledged by the broker.",
+            )?,
+            dead_lettered: counter_vec(
+                RECORDS_DEAD_LETTERED,
+                "Records sent to the dead-letter topic.",
+                "reason",
+            )?,
+            late: counter(
+                RECORDS_LATE,
+                "Points dropped: older than the last point of their series.",
+            )?,
+            duplicate: counter(
+                RECORDS_DUPLICATE,
+                "Points dropped: same timestamp as the last point of their series.",
+            )?,
+            replayed: counter(
+                RECORDS_REPLAYED,
+                "Messages re-read to rebuild windows after an assignment.",
+            )?,
             windows_scored: counter(WINDOWS_SCORED, "Windows scored by the model.")?,
             anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
             batch_size: histogram(
@@ -155,11 +198,18 @@ impl Metrics {
                 "Windows per inference call.",
                 prometheus::exponential_buckets(1.0, 2.0, 12)?,
             )?,
-            inference_latency: histogram(INFERENCE_LATENCY, "Duration of one inference call.", latency_buckets)?,
+            inference_latency: histogram(
+                INFERENCE_LATENCY,
+                "Duration of one inference call.",
+                latency_buckets,
+            )?,
             end_to_end,
             consumer_lag,
             active_series: gauge(ACTIVE_SERIES, "Series with window state.")?,
-            assigned_partitions: gauge(ASSIGNED_PARTITIONS, "Input partitions assigned to this instance.")?,
+            assigned_partitions: gauge(
+                ASSIGNED_PARTITIONS,
+                "Input partitions assigned to this instance.",
+            )?,
             model_info,
             errors: counter_vec(ERRORS, "Errors by kind.", "kind")?,
             registry,
@@ -206,9 +256,19 @@ mod tests {
             .set(1);
         let text = m.render();
         for name in [
-            RECORDS_CONSUMED, RECORDS_PUBLISHED, RECORDS_DEAD_LETTERED, RECORDS_LATE,
-            WINDOWS_SCORED, ANOMALIES, INFERENCE_BATCH_SIZE, INFERENCE_LATENCY,
-            END_TO_END_LATENCY, CONSUMER_LAG, ACTIVE_SERIES, MODEL_INFO, ERRORS,
+            RECORDS_CONSUMED,
+            RECORDS_PUBLISHED,
+            RECORDS_DEAD_LETTERED,
+            RECORDS_LATE,
+            WINDOWS_SCORED,
+            ANOMALIES,
+            INFERENCE_BATCH_SIZE,
+            INFERENCE_LATENCY,
+            END_TO_END_LATENCY,
+            CONSUMER_LAG,
+            ACTIVE_SERIES,
+            MODEL_INFO,
+            ERRORS,
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -60,7 +60,11 @@ impl Calibration {
 
     /// Score a raw value, then add it to the history.
     pub fn score(&mut self, raw: f64, cfg: &ScoreConfig) -> Scored {
-        let raw = if raw.is_finite() { raw.max(0.0) } else { f64::MAX };
+        let raw = if raw.is_finite() {
+            raw.max(0.0)
+        } else {
+            f64::MAX
+        };
         let raw_threshold = self.raw_threshold(cfg);
         let score = raw / raw_threshold;
         let anomaly = score > cfg.threshold && self.seen >= cfg.probation as u64;

@@ -113,7 +113,10 @@ impl Windows {
         let w = self.w;
         let ring = match self.rings.get_mut(key) {
             Some(r) => r,
-            None => self.rings.entry(key.to_owned()).or_insert_with(|| Ring::new(w)),
+            None => self
+                .rings
+                .entry(key.to_owned())
+                .or_insert_with(|| Ring::new(w)),
         };
         if let Some(last) = ring.last_ts() {
             if ts < last {

@@ -194,7 +194,10 @@ fn parse_sample(bytes: &[u8], features: &FeatureSet) -> Result<Sample, Reason> {
     })
 }
 
-fn parse_features(map: Map<String, Value>, features: &FeatureSet) -> Result<Vec<(String, f32)>, Reason> {
+fn parse_features(
+    map: Map<String, Value>,
+    features: &FeatureSet,
+) -> Result<Vec<(String, f32)>, Reason> {
     if map.is_empty() {
         return Err(Reason::MissingValue);
     }
@@ -234,7 +237,9 @@ fn parse_ts(v: Option<Value>) -> Result<i64, Reason> {
             if let Some(i) = n.as_i64() {
                 i
             } else {
-                let f = n.as_f64().ok_or_else(|| Reason::BadTimestamp(n.to_string()))?;
+                let f = n
+                    .as_f64()
+                    .ok_or_else(|| Reason::BadTimestamp(n.to_string()))?;
                 if f.fract() != 0.0 || !f.is_finite() || f.abs() > 9.0e15 {
                     return Err(Reason::BadTimestamp(n.to_string()));
                 }
@@ -314,27 +319,60 @@ mod tests {
         assert_eq!(code(r#"{"series":"","ts":1,"value":1}"#), "missing_series");
         assert_eq!(code(r#"{"series":7,"ts":1,"value":1}"#), "wrong_type");
         assert_eq!(code(r#"{"series":"a","value":1}"#), "missing_timestamp");
-        assert_eq!(code(r#"{"series":"a","ts":"yesterday","value":1}"#), "bad_timestamp");
-        assert_eq!(code(r#"{"series":"a","ts":1.5,"value":1}"#), "bad_timestamp");
-        assert_eq!(code(r#"{"series":"a","ts":-5,"value":1}"#), "timestamp_out_of_range");
-        assert_eq!(code(r#"{"series":"a","ts":99999999999999999,"value":1}"#), "timestamp_out_of_range");
+        assert_eq!(
+            code(r#"{"series":"a","ts":"yesterday","value":1}"#),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":1.5,"value":1}"#),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":-5,"value":1}"#),
+            "timestamp_out_of_range"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":99999999999999999,"value":1}"#),
+            "timestamp_out_of_range"
+        );
         assert_eq!(code(r#"{"series":"a","ts":true,"value":1}"#), "wrong_type");
         assert_eq!(code(r#"{"series":"a","ts":1}"#), "missing_value");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":null}"#), "missing_value");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":1,"values":{"b":1}}"#), "missing_value");
-        assert_eq!(code(r#"{"series":"a","ts":1,"values":{}}"#), "missing_value");
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"value":null}"#),
+            "missing_value"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"value":1,"values":{"b":1}}"#),
+            "missing_value"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"values":{}}"#),
+            "missing_value"
+        );
         assert_eq!(code(r#"{"series":"a","ts":1,"value":"3"}"#), "wrong_type");
         assert_eq!(code(r#"{"series":"a","ts":1,"values":[1]}"#), "wrong_type");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":1e300}"#), "non_finite_value");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":1,"labels":{"k":1}}"#), "wrong_type");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":1,"extra":1}"#), "unknown_field");
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"value":1e300}"#),
+            "non_finite_value"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"value":1,"labels":{"k":1}}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"series":"a","ts":1,"value":1,"extra":1}"#),
+            "unknown_field"
+        );
     }
 
     #[test]
     fn declared_features_are_enforced() {
         let fs = FeatureSet(Some(vec!["flow".into()]));
         let out = decode(br#"{"series":"a","ts":1,"values":{"heat":1}}"#, &fs);
-        assert_eq!(out[0].as_ref().unwrap_err().reason.code(), "unknown_feature");
+        assert_eq!(
+            out[0].as_ref().unwrap_err().reason.code(),
+            "unknown_feature"
+        );
         assert!(decode(br#"{"series":"a","ts":1,"values":{"flow":1}}"#, &fs)[0].is_ok());
     }
 
@@ -347,12 +385,7 @@ mod tests {
 
     #[test]
     fn every_code_is_listed() {
-        let codes = [
-            code("{"),
-            code("1"),
-            code("{}"),
-            code(r#"{"series":"a"}"#),
-        ];
+        let codes = [code("{"), code("1"), code("{}"), code(r#"{"series":"a"}"#)];
         for c in codes {
             assert!(Reason::ALL_CODES.contains(&c), "{c}");
         }

@@ -16,10 +16,10 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
@@ -86,17 +86,26 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.shared.metrics.error("kafka", &format!("{error}: {reason}"));
+        self.shared
+            .metrics
+            .error("kafka", &format!("{error}: {reason}"));
     }
 }
 
 impl ConsumerContext for IngestContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
             other => {
-                self.shared.metrics.error("kafka", &format!("rebalance error {other:?}"));
+                self.shared
+                    .metrics
+                    .error("kafka", &format!("rebalance error {other:?}"));
                 if let Err(e) = consumer.unassign() {
                     self.shared.metrics.error("kafka", &e);
                 }
@@ -111,7 +120,9 @@ impl IngestContext {
         let shared = &self.shared;
         let committed = consumer.committed_offsets(tpl.clone(), BROKER_CALL_TIMEOUT);
         if let Err(e) = &committed {
-            shared.metrics.error("kafka", &format!("reading committed offsets: {e}"));
+            shared
+                .metrics
+                .error("kafka", &format!("reading committed offsets: {e}"));
         }
         let mut assignment = TopicPartitionList::new();
         for elem in tpl.elements() {
@@ -147,7 +158,10 @@ impl IngestContext {
         if let Err(e) = consumer.assign(&assignment) {
             shared.metrics.error("kafka", &format!("assign: {e}"));
         }
-        shared.metrics.assigned_partitions.set(assignment.count() as i64);
+        shared
+            .metrics
+            .assigned_partitions
+            .set(assignment.count() as i64);
     }
 
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -163,7 +177,11 @@ impl IngestContext {
                 .metrics
                 .consumer_lag
                 .remove_label_values(&[&shared.topic, &elem.partition().to_string()]);
-            tracing::info!(topic = elem.topic(), partition = elem.partition(), "partition revoked");
+            tracing::info!(
+                topic = elem.topic(),
+                partition = elem.partition(),
+                "partition revoked"
+            );
         }
         if let Err(e) = consumer.unassign() {
             shared.metrics.error("kafka", &e);
@@ -186,7 +204,10 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// Create the consumer and subscribe to the input topic.
-pub fn consumer(cfg: &KafkaConfig, metrics: Metrics) -> Result<(Arc<IngestConsumer>, Arc<Shared>), IngestError> {
+pub fn consumer(
+    cfg: &KafkaConfig,
+    metrics: Metrics,
+) -> Result<(Arc<IngestConsumer>, Arc<Shared>), IngestError> {
     let shared = Arc::new(Shared {
         topic: cfg.input_topic.clone(),
         rebuild_messages: cfg.rebuild_messages,
@@ -197,12 +218,17 @@ pub fn consumer(cfg: &KafkaConfig, metrics: Metrics) -> Result<(Arc<IngestConsum
     let mut c = client_config(cfg);
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", cfg.commit_interval.as_millis().to_string())
+        .set(
+            "auto.commit.interval.ms",
+            cfg.commit_interval.as_millis().to_string(),
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", "5000");
-    let consumer: IngestConsumer = c.create_with_context(IngestContext { shared: shared.clone() })?;
+    let consumer: IngestConsumer = c.create_with_context(IngestContext {
+        shared: shared.clone(),
+    })?;
     consumer.subscribe(&[&cfg.input_topic])?;
     Ok((Arc::new(consumer), shared))
 }
@@ -297,7 +323,11 @@ pub async fn run(
             .replay_until()
             .get(&partition)
             .is_some_and(|until| offset < *until);
-        let token = Token { partition, offset, generation };
+        let token = Token {
+            partition,
+            offset,
+            generation,
+        };
         let meta = MessageMeta {
             token,
             kafka_ts_ms: msg.timestamp().to_millis(),

@@ -71,7 +71,13 @@ impl Planner {
         self.plan_inner(payload, None, meta, true);
     }
 
-    fn plan_inner(&mut self, payload: &[u8], key: Option<&[u8]>, meta: MessageMeta, replay: bool) -> Plan {
+    fn plan_inner(
+        &mut self,
+        payload: &[u8],
+        key: Option<&[u8]>,
+        meta: MessageMeta,
+        replay: bool,
+    ) -> Plan {
         let mut plan = Plan::default();
         for item in decode::decode(payload, &self.features) {
             match item {
@@ -105,7 +111,12 @@ impl Planner {
     }
 
     fn place(&mut self, sample: Sample, meta: MessageMeta) -> Option<Job> {
-        let Sample { series, ts, values, labels } = sample;
+        let Sample {
+            series,
+            ts,
+            values,
+            labels,
+        } = sample;
         let (value, pairs): (Option<f32>, Vec<(String, f32)>) = match values {
             Values::Single(v) => (Some(v), vec![("value".to_string(), v)]),
             Values::Multi(m) => (None, m),
@@ -118,7 +129,11 @@ impl Planner {
                 format!("{series}{FEATURE_SEP}{feature}")
             };
             match self.windows.push(&key, ts, v) {
-                Ok(Some(window)) => windows.push(FeatureWindow { feature, key, window }),
+                Ok(Some(window)) => windows.push(FeatureWindow {
+                    feature,
+                    key,
+                    window,
+                }),
                 Ok(None) => {}
                 Err(Rejected::Late) => self.metrics.late.inc(),
                 Err(Rejected::Duplicate) => self.metrics.duplicate.inc(),
@@ -142,7 +157,11 @@ mod tests {
 
     fn meta(offset: i64) -> MessageMeta {
         MessageMeta {
-            token: Token { partition: 0, offset, generation: 1 },
+            token: Token {
+                partition: 0,
+                offset,
+                generation: 1,
+            },
             kafka_ts_ms: None,
         }
     }
@@ -152,16 +171,27 @@ mod tests {
         let m = Metrics::new().unwrap();
         let mut p = Planner::new(3, FeatureSet::default(), m.clone());
         for ts in 0..2 {
-            let plan = p.plan(format!(r#"{{"series":"a","ts":{ts},"value":1}}"#).as_bytes(), None, meta(ts));
+            let plan = p.plan(
+                format!(r#"{{"series":"a","ts":{ts},"value":1}}"#).as_bytes(),
+                None,
+                meta(ts),
+            );
             assert_eq!(plan.outputs(), 0);
         }
-        let plan = p.plan(br#"[{"series":"a","ts":2,"value":1},{"series":"a","ts":"x","value":1}]"#, Some(b"a"), meta(2));
+        let plan = p.plan(
+            br#"[{"series":"a","ts":2,"value":1},{"series":"a","ts":"x","value":1}]"#,
+            Some(b"a"),
+            meta(2),
+        );
         assert_eq!(plan.jobs.len(), 1);
         assert_eq!(plan.dead_letters.len(), 1);
         assert_eq!(plan.outputs(), 2);
         assert_eq!(plan.jobs[0].windows[0].window.ts, vec![0, 1, 2]);
         assert_eq!(plan.dead_letters[0].key.as_deref(), Some("a"));
-        assert_eq!(m.dead_lettered.with_label_values(&["bad_timestamp"]).get(), 1);
+        assert_eq!(
+            m.dead_lettered.with_label_values(&["bad_timestamp"]).get(),
+            1
+        );
         // A late point is dropped and counted, not dead-lettered.
         let plan = p.plan(br#"{"series":"a","ts":1,"value":1}"#, None, meta(3));
         assert_eq!(plan.outputs(), 0);
@@ -172,8 +202,16 @@ mod tests {
     fn multi_value_samples_window_each_feature() {
         let m = Metrics::new().unwrap();
         let mut p = Planner::new(2, FeatureSet::default(), m);
-        p.plan(br#"{"series":"p","ts":1,"values":{"a":1,"b":2}}"#, None, meta(0));
-        let plan = p.plan(br#"{"series":"p","ts":2,"values":{"a":3,"b":4}}"#, None, meta(1));
+        p.plan(
+            br#"{"series":"p","ts":1,"values":{"a":1,"b":2}}"#,
+            None,
+            meta(0),
+        );
+        let plan = p.plan(
+            br#"{"series":"p","ts":2,"values":{"a":3,"b":4}}"#,
+            None,
+            meta(1),
+        );
         let job = &plan.jobs[0];
         assert_eq!(job.value, None);
         let names: Vec<_> = job.windows.iter().map(|w| w.feature.as_str()).collect();

@@ -87,11 +87,7 @@ fn meta_usize(d: &ModelDescription, key: &str) -> Result<usize, ContractError> {
         .ok_or_else(|| ContractError(format!("metadata {key} = {v:?} is not a positive integer")))
 }
 
-fn expect_tensor(
-    specs: &[TensorSpec],
-    name: &str,
-    want: &[i64],
-) -> Result<(), ContractError> {
+fn expect_tensor(specs: &[TensorSpec], name: &str, want: &[i64]) -> Result<(), ContractError> {
     let t = specs
         .iter()
         .find(|t| t.name == name)
@@ -100,7 +96,10 @@ fn expect_tensor(
         return Err(ContractError(format!("{name} must be float32")));
     }
     let ok = t.dims.len() == want.len()
-        && t.dims.iter().zip(want).all(|(&got, &w)| w == -1 || got == w);
+        && t.dims
+            .iter()
+            .zip(want)
+            .all(|(&got, &w)| w == -1 || got == w);
     if ok {
         Ok(())
     } else {
@@ -135,13 +134,20 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
     let heads = meta_usize(d, "attnwatch.heads")?;
     let (w, f) = (window as i64, features.len() as i64);
     if d.inputs.len() != 1 {
-        return Err(ContractError(format!("expected 1 input, found {}", d.inputs.len())));
+        return Err(ContractError(format!(
+            "expected 1 input, found {}",
+            d.inputs.len()
+        )));
     }
     expect_tensor(&d.inputs, INPUT, &[-1, w, f])?;
     for name in &OUTPUTS[..3] {
         expect_tensor(&d.outputs, name, &[-1, f])?;
     }
-    expect_tensor(&d.outputs, OUTPUTS[3], &[-1, layers as i64, heads as i64, w])?;
+    expect_tensor(
+        &d.outputs,
+        OUTPUTS[3],
+        &[-1, layers as i64, heads as i64, w],
+    )?;
     Ok(Contract {
         name: meta(d, "attnwatch.model_name")?.to_string(),
         version: meta(d, "attnwatch.model_version")?.to_string(),
@@ -149,7 +155,11 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
         features,
         layers,
         heads,
-        score: d.metadata.get("attnwatch.score").cloned().unwrap_or_default(),
+        score: d
+            .metadata
+            .get("attnwatch.score")
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 

@@ -207,7 +207,9 @@ impl Engine {
         };
         let att_len = batch * self.contract.layers * self.contract.heads * w;
         if out.raw_score.len() != batch * f || out.attention.len() != att_len {
-            return Err(ModelError::Run("output sizes do not match the contract".into()));
+            return Err(ModelError::Run(
+                "output sizes do not match the contract".into(),
+            ));
         }
         Ok(out)
     }
@@ -219,7 +221,11 @@ enum SessionFailure {
     Fatal(ModelError),
 }
 
-fn build_session(env: &Environment, cfg: &ModelConfig, provider: Provider) -> Result<Session, SessionFailure> {
+fn build_session(
+    env: &Environment,
+    cfg: &ModelConfig,
+    provider: Provider,
+) -> Result<Session, SessionFailure> {
     let load_err = |e: &dyn std::fmt::Display| {
         SessionFailure::Fatal(ModelError::Load {
             path: cfg.path.clone(),
@@ -272,7 +278,10 @@ fn register_cuda(
 fn register_cuda(
     _builder: ort::session::builder::SessionBuilder,
 ) -> Result<ort::session::builder::SessionBuilder, String> {
-    Err("this attnwatch binary was built without the `cuda` feature (cargo build --features cuda)".into())
+    Err(
+        "this attnwatch binary was built without the `cuda` feature (cargo build --features cuda)"
+            .into(),
+    )
 }
 
 fn spec(name: &str, dtype: &ValueType) -> TensorSpec {
@@ -285,7 +294,8 @@ fn spec(name: &str, dtype: &ValueType) -> TensorSpec {
 }
 
 fn describe(session: &Session) -> Result<ModelDescription, ModelError> {
-    let meta_err = |e: ort::Error| ModelError::Contract(ContractError(format!("cannot read metadata: {e}")));
+    let meta_err =
+        |e: ort::Error| ModelError::Contract(ContractError(format!("cannot read metadata: {e}")));
     let metadata = session.metadata().map_err(meta_err)?;
     let mut props = HashMap::new();
     for key in metadata.custom_keys().map_err(meta_err)? {
@@ -294,8 +304,16 @@ fn describe(session: &Session) -> Result<ModelDescription, ModelError> {
         }
     }
     Ok(ModelDescription {
-        inputs: session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect(),
-        outputs: session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect(),
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect(),
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect(),
         metadata: props,
     })
 }

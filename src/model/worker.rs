@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::engine::{Engine, Inference};
+use crate::config::PublishConfig;
 use crate::ingest::offsets::Token;
 use crate::metrics::Metrics;
 use crate::publish::encode::{self, FeatureResult, OutMessage, ScoredPoint};
-use crate::config::PublishConfig;
 use crate::score::Scorer;
 use crate::window::Window;
 
@@ -79,7 +79,11 @@ pub fn shard_of(series: &str, shards: usize) -> usize {
 /// Gather one batch: block for the first job, then take more until the
 /// batch is full or `max_delay` has passed. `None` once the channel is
 /// closed and empty.
-pub fn gather(rx: &flume::Receiver<Job>, max_batch: usize, max_delay: Duration) -> Option<Vec<Job>> {
+pub fn gather(
+    rx: &flume::Receiver<Job>,
+    max_batch: usize,
+    max_delay: Duration,
+) -> Option<Vec<Job>> {
     let first = rx.recv().ok()?;
     let mut rows = first.windows.len();
     let mut jobs = vec![first];
@@ -117,7 +121,9 @@ pub fn run(
         }
         let started = Instant::now();
         let result = engine.infer(input, rows);
-        metrics.inference_latency.observe(started.elapsed().as_secs_f64());
+        metrics
+            .inference_latency
+            .observe(started.elapsed().as_secs_f64());
         metrics.batch_size.observe(rows as f64);
         let out = match result {
             Ok(out) => out,
@@ -127,7 +133,10 @@ pub fn run(
                 // dead-letter them so they are visible and offsets move on.
                 for job in &jobs {
                     let msg = encode::dead_letter_for_job(job, "inference_failed", &e.to_string());
-                    metrics.dead_lettered.with_label_values(&["inference_failed"]).inc();
+                    metrics
+                        .dead_lettered
+                        .with_label_values(&["inference_failed"])
+                        .inc();
                     if tx.blocking_send(msg).is_err() {
                         return;
                     }
@@ -155,7 +164,13 @@ pub fn run(
     }
 }
 
-fn score_job(job: &Job, out: &Inference, row: &mut usize, att_per_row: usize, scorer: &mut Scorer) -> ScoredPoint {
+fn score_job(
+    job: &Job,
+    out: &Inference,
+    row: &mut usize,
+    att_per_row: usize,
+    scorer: &mut Scorer,
+) -> ScoredPoint {
     let mut features = Vec::with_capacity(job.windows.len());
     for fw in &job.windows {
         let r = *row;
@@ -199,10 +214,17 @@ mod tests {
                 .map(|_| FeatureWindow {
                     feature: "value".into(),
                     key: "s".into(),
-                    window: Window { values: vec![], ts: vec![] },
+                    window: Window {
+                        values: vec![],
+                        ts: vec![],
+                    },
                 })
                 .collect(),
-            token: Token { partition: 0, offset: 0, generation: 0 },
+            token: Token {
+                partition: 0,
+                offset: 0,
+                generation: 0,
+            },
             source_ts_ms: None,
         }
     }

@@ -148,7 +148,13 @@ pub fn per_layer(attention: &[f32], layers: usize, heads: usize, w: usize) -> Ve
 
 /// Indices and weights of the `k` most-attended positions (mean over
 /// layers and heads), highest first; ties go to the newer position.
-pub fn top_k(attention: &[f32], layers: usize, heads: usize, w: usize, k: usize) -> Vec<(usize, f32)> {
+pub fn top_k(
+    attention: &[f32],
+    layers: usize,
+    heads: usize,
+    w: usize,
+    k: usize,
+) -> Vec<(usize, f32)> {
     let rows = per_layer(attention, layers, heads, w);
     let mut mean: Vec<(usize, f32)> = (0..w)
         .map(|i| (i, rows.iter().map(|r| r[i]).sum::<f32>() / layers as f32))
@@ -269,8 +275,12 @@ pub fn dead_letter_for_job(job: &Job, reason: &'static str, detail: &str) -> Out
         .filter_map(|fw| fw.window.values.last().map(|v| (fw.feature.as_str(), *v)))
         .collect();
     let body = match job.value {
-        Some(v) => serde_json::json!({"series": job.series, "ts": job.ts, "value": v, "labels": job.labels}),
-        None => serde_json::json!({"series": job.series, "ts": job.ts, "values": values, "labels": job.labels}),
+        Some(v) => {
+            serde_json::json!({"series": job.series, "ts": job.ts, "value": v, "labels": job.labels})
+        }
+        None => {
+            serde_json::json!({"series": job.series, "ts": job.ts, "values": values, "labels": job.labels})
+        }
     };
     dead_letter(
         body.to_string().into_bytes(),
@@ -300,7 +310,12 @@ mod tests {
     }
 
     fn scored(score: f64, anomaly: bool) -> Scored {
-        Scored { score, threshold: 1.0, anomaly, raw_score: score * 4.0 }
+        Scored {
+            score,
+            threshold: 1.0,
+            anomaly,
+            raw_score: score * 4.0,
+        }
     }
 
     fn feature(name: &str, score: f64, anomaly: bool) -> FeatureResult {
@@ -323,27 +338,51 @@ mod tests {
         let fw = |f: &str, v: f32| FeatureWindow {
             feature: f.into(),
             key: format!("s/{f}"),
-            window: Window { values: vec![0.0, 0.0, 0.0, v], ts: vec![1000, 2000, 3000, 4000] },
+            window: Window {
+                values: vec![0.0, 0.0, 0.0, v],
+                ts: vec![1000, 2000, 3000, 4000],
+            },
         };
         Job {
             series: "s".into(),
             ts: 4000,
             value: (!multi).then_some(2.5),
             labels: [("env".to_string(), "prod".to_string())].into(),
-            windows: if multi { vec![fw("a", 1.0), fw("b", 2.0)] } else { vec![fw("value", 2.5)] },
-            token: Token { partition: 0, offset: 7, generation: 1 },
+            windows: if multi {
+                vec![fw("a", 1.0), fw("b", 2.0)]
+            } else {
+                vec![fw("value", 2.5)]
+            },
+            token: Token {
+                partition: 0,
+                offset: 7,
+                generation: 1,
+            },
             source_ts_ms: Some(5),
         }
     }
 
     fn cfg(attention: AttentionDetail) -> PublishConfig {
-        PublishConfig { attention, top_k: 2, ..PublishConfig::default() }
+        PublishConfig {
+            attention,
+            top_k: 2,
+            ..PublishConfig::default()
+        }
     }
 
     #[test]
     fn single_value_top_k() {
-        let point = ScoredPoint { features: vec![feature("value", 0.4, false)] };
-        let msg = score_message(job(false), point, "enc@1", &contract(), &cfg(AttentionDetail::TopK)).unwrap();
+        let point = ScoredPoint {
+            features: vec![feature("value", 0.4, false)],
+        };
+        let msg = score_message(
+            job(false),
+            point,
+            "enc@1",
+            &contract(),
+            &cfg(AttentionDetail::TopK),
+        )
+        .unwrap();
         assert_eq!(msg.key.as_deref(), Some("s"));
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["series"], "s");
@@ -365,9 +404,18 @@ mod tests {
 
     #[test]
     fn multi_value_names_the_driving_feature_and_row_detail() {
-        let point = ScoredPoint { features: vec![feature("a", 0.3, false), feature("b", 1.7, true)] };
+        let point = ScoredPoint {
+            features: vec![feature("a", 0.3, false), feature("b", 1.7, true)],
+        };
         assert!(point.anomaly());
-        let msg = score_message(job(true), point, "enc@1", &contract(), &cfg(AttentionDetail::Row)).unwrap();
+        let msg = score_message(
+            job(true),
+            point,
+            "enc@1",
+            &contract(),
+            &cfg(AttentionDetail::Row),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["score"], 1.7);
         assert_eq!(v["anomaly"], true);
@@ -376,13 +424,25 @@ mod tests {
         let layers = v["attention"]["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0], serde_json::json!([0.0, 0.5, 0.0, 0.5]));
-        assert_eq!(v["attention"]["ts"], serde_json::json!([1000, 2000, 3000, 4000]));
+        assert_eq!(
+            v["attention"]["ts"],
+            serde_json::json!([1000, 2000, 3000, 4000])
+        );
     }
 
     #[test]
     fn attention_none_is_omitted() {
-        let point = ScoredPoint { features: vec![feature("value", 0.4, false)] };
-        let msg = score_message(job(false), point, "enc@1", &contract(), &cfg(AttentionDetail::None)).unwrap();
+        let point = ScoredPoint {
+            features: vec![feature("value", 0.4, false)],
+        };
+        let msg = score_message(
+            job(false),
+            point,
+            "enc@1",
+            &contract(),
+            &cfg(AttentionDetail::None),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert!(v.get("attention").is_none());
     }

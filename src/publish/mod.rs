@@ -94,7 +94,10 @@ fn delivered(msg: &OutMessage, output: &str, acker: &dyn Acknowledge, metrics: &
         if let Some(src) = msg.source_ts_ms {
             let now = chrono::Utc::now().timestamp_millis();
             let secs = (now - src).max(0) as f64 / 1000.0;
-            metrics.end_to_end.with_label_values(&[output]).observe(secs);
+            metrics
+                .end_to_end
+                .with_label_values(&[output])
+                .observe(secs);
         }
     }
     if let Some(token) = msg.token {

@@ -4,3 +4,4 @@
 
 pub mod replay;
 pub mod summarize;
+pub mod topics;

@@ -114,7 +114,13 @@ pub enum Pace {
 }
 
 /// Produce `rows` of series `series` to `topic`. Prints progress to stderr.
-pub async fn replay(brokers: &str, topic: &str, series: &str, rows: &[Row], pace: Pace) -> Result<usize, ReplayError> {
+pub async fn replay(
+    brokers: &str,
+    topic: &str,
+    series: &str,
+    rows: &[Row],
+    pace: Pace,
+) -> Result<usize, ReplayError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -124,12 +130,15 @@ pub async fn replay(brokers: &str, topic: &str, series: &str, rows: &[Row], pace
     let mut pending = Vec::with_capacity(1024);
     for (i, row) in rows.iter().enumerate() {
         if let (Pace::Speed(factor), Some(first)) = (pace, rows.first()) {
-            let due = Duration::from_secs_f64(((row.ts - first.ts).max(0) as f64 / 1000.0) / factor.max(1e-9));
+            let due = Duration::from_secs_f64(
+                ((row.ts - first.ts).max(0) as f64 / 1000.0) / factor.max(1e-9),
+            );
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
-        let payload = serde_json::json!({"series": series, "ts": row.ts, "value": row.value}).to_string();
+        let payload =
+            serde_json::json!({"series": series, "ts": row.ts, "value": row.value}).to_string();
         let send = producer.send_result(FutureRecord::to(topic).key(series).payload(&payload));
         match send {
             Ok(fut) => pending.push(fut),
@@ -167,12 +176,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("attnwatch-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("s.csv");
-        std::fs::write(&p, "timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n").unwrap();
+        std::fs::write(
+            &p,
+            "timestamp,value\n2014-04-01 00:00:00,1.5\n2014-04-01 00:05:00,2\n",
+        )
+        .unwrap();
         let rows = read_csv(&p, "timestamp", "value").unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].ts - rows[0].ts, 300_000);
         std::fs::write(&p, "timestamp,value\nx,1\n").unwrap();
-        assert!(read_csv(&p, "timestamp", "value").unwrap_err().to_string().contains(":2:"));
+        assert!(read_csv(&p, "timestamp", "value")
+            .unwrap_err()
+            .to_string()
+            .contains(":2:"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,8 +27,17 @@ pub struct ScoreRecord {
 }
 
 /// Read up to `expect` records from `topic` (deadline `timeout`).
-pub async fn collect(brokers: &str, topic: &str, expect: usize, timeout: Duration) -> Result<Vec<ScoreRecord>, rdkafka::error::KafkaError> {
-    let group = format!("attnwatch-summarize-{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+pub async fn collect(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+    timeout: Duration,
+) -> Result<Vec<ScoreRecord>, rdkafka::error::KafkaError> {
+    let group = format!(
+        "attnwatch-summarize-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
@@ -67,17 +76,41 @@ pub fn render(records: &[ScoreRecord], top: usize) -> String {
     scores.sort_by(f64::total_cmp);
     let q = |p: f64| scores[((scores.len() - 1) as f64 * p).round() as usize];
     let anomalies: Vec<&ScoreRecord> = records.iter().filter(|r| r.anomaly).collect();
-    let _ = writeln!(s, "scored points: {}   anomalies: {}", records.len(), anomalies.len());
-    let _ = writeln!(s, "score quantiles: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}", q(0.5), q(0.9), q(0.99), q(1.0));
+    let _ = writeln!(
+        s,
+        "scored points: {}   anomalies: {}",
+        records.len(),
+        anomalies.len()
+    );
+    let _ = writeln!(
+        s,
+        "score quantiles: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    );
     let mut ranked: Vec<&ScoreRecord> = records.iter().collect();
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
     let _ = writeln!(s, "top {} points by score:", top.min(ranked.len()));
-    let _ = writeln!(s, "  {:<22} {:>14} {:>9} {:>9}  anomaly", "time (UTC)", "value", "score", "raw");
+    let _ = writeln!(
+        s,
+        "  {:<22} {:>14} {:>9} {:>9}  anomaly",
+        "time (UTC)", "value", "score", "raw"
+    );
     for r in ranked.iter().take(top) {
         let when = chrono::DateTime::from_timestamp_millis(r.ts)
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| r.ts.to_string());
-        let _ = writeln!(s, "  {:<22} {:>14.3} {:>9.3} {:>9.3}  {}", when, r.value.unwrap_or(f64::NAN), r.score, r.raw_score, if r.anomaly { "YES" } else { "" });
+        let _ = writeln!(
+            s,
+            "  {:<22} {:>14.3} {:>9.3} {:>9.3}  {}",
+            when,
+            r.value.unwrap_or(f64::NAN),
+            r.score,
+            r.raw_score,
+            if r.anomaly { "YES" } else { "" }
+        );
     }
     s
 }
@@ -88,10 +121,27 @@ mod tests {
 
     #[test]
     fn render_ranks_by_score() {
-        let rec = |ts, score, anomaly| ScoreRecord { series: "s".into(), ts, value: Some(1.0), score, anomaly, raw_score: score * 4.0 };
-        let text = render(&[rec(0, 0.2, false), rec(60_000, 3.0, true), rec(120_000, 0.5, false)], 2);
+        let rec = |ts, score, anomaly| ScoreRecord {
+            series: "s".into(),
+            ts,
+            value: Some(1.0),
+            score,
+            anomaly,
+            raw_score: score * 4.0,
+        };
+        let text = render(
+            &[
+                rec(0, 0.2, false),
+                rec(60_000, 3.0, true),
+                rec(120_000, 0.5, false),
+            ],
+            2,
+        );
         assert!(text.contains("scored points: 3   anomalies: 1"), "{text}");
         let top = text.lines().nth(4).unwrap();
-        assert!(top.contains("1970-01-01 00:01:00") && top.contains("YES"), "{text}");
+        assert!(
+            top.contains("1970-01-01 00:01:00") && top.contains("YES"),
+            "{text}"
+        );
     }
 }

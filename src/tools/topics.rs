@@ -1,0 +1,41 @@
+//! `attnwatch create-topics`: create the configured input, output and
+//! dead-letter topics if they do not exist yet.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::ingest::kafka::client_config;
+
+/// Create the three topics of `cfg` with `partitions` partitions and
+/// `replication` replicas. Topics that already exist are left alone.
+/// Returns, per topic, whether it was created.
+pub async fn create(
+    cfg: &KafkaConfig,
+    partitions: i32,
+    replication: i32,
+) -> Result<Vec<(String, bool)>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let names = [&cfg.input_topic, &cfg.output_topic, &cfg.dead_letter_topic];
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut out = Vec::new();
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(name) => out.push((name, true)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Err((name, code)) => {
+                tracing::error!(topic = %name, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(out)
+}
