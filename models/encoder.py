@@ -30,10 +30,12 @@ def positional_encoding(length: int, d_model: int) -> torch.Tensor:
     return pe
 
 
-def scaled_dot_product(q, k, v):
-    """softmax(Q K^T / sqrt(d_k)) V; returns (output, weights)."""
+def scaled_dot_product(q, k, v, key_bias):
+    """softmax(Q K^T / sqrt(d_k) + bias) V; returns (output, weights).
+    key_bias is 0 for present positions and -1e4 for missing ones, so a
+    missing point gets (numerically) zero attention."""
     d_k = int(q.shape[-1])
-    logits = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d_k))
+    logits = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d_k)) + key_bias
     weights = torch.softmax(logits, dim=-1)
     return torch.matmul(weights, v), weights
 
@@ -51,9 +53,9 @@ class MultiHead(nn.Module):
     def split(self, x):  # [B, W, d] -> [B, h, W, d_k]
         return x.reshape(-1, self.window, self.heads, self.d_k).transpose(1, 2)
 
-    def forward(self, x):
+    def forward(self, x, key_bias):
         q, k, v = self.split(self.w_q(x)), self.split(self.w_k(x)), self.split(self.w_v(x))
-        out, weights = scaled_dot_product(q, k, v)  # [B, h, W, d_k], [B, h, W, W]
+        out, weights = scaled_dot_product(q, k, v, key_bias)  # [B, h, W, d_k], [B, h, W, W]
         concat = out.transpose(1, 2).reshape(-1, self.window, self.heads * self.d_k)
         return self.w_o(concat), weights
 
@@ -67,8 +69,8 @@ class EncoderLayer(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x):
-        a, weights = self.attn(x)
+    def forward(self, x, key_bias):
+        a, weights = self.attn(x, key_bias)
         x = self.ln1(x + self.drop(a))
         x = self.ln2(x + self.drop(self.ff(x)))
         return x, weights
@@ -82,41 +84,51 @@ class Encoder(nn.Module):
       pred_std   [B, F]           predicted scale, original units
       raw_score  [B, F]           |x_new - pred_mean| / pred_std
       attention  [B, L, H, W]     attention row of the newest (scored) position
+
+    Missing points (warm-up, gaps) are NaN; they get no attention and do not
+    enter the normalisation. The newest point must be present.
     """
 
     def __init__(self, window=64, d_model=32, heads=4, layers=2, d_ff=64, dropout=0.0, features=1):
         super().__init__()
         self.window, self.features = window, features
-        self.embed = nn.Linear(2, d_model)  # (normalised value, is-masked flag)
+        self.embed = nn.Linear(3, d_model)  # (normalised value, is-target flag, is-missing flag)
         self.register_buffer("pe", positional_encoding(window, d_model), persistent=False)
         self.layers = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, window, dropout) for _ in range(layers))
         self.head = nn.Linear(d_model, 2)  # mean, pre-softplus scale
 
     def normalise(self, x):
-        """RevIN-style: statistics of the W-1 context points only, so the
-        newest point cannot hide its own surprise."""
-        ctx = x[:, :-1, :]
-        mean = ctx.mean(dim=1, keepdim=True)
-        var = ((ctx - mean) ** 2).mean(dim=1, keepdim=True)
+        """RevIN-style: statistics of the present context points only (the
+        newest point cannot hide its own surprise). Missing points are NaN in
+        the input; they are zeroed and flagged. Returns the normalised window,
+        the presence mask, and the context mean and scale."""
+        present = (~torch.isnan(x)).to(x.dtype)
+        x0 = torch.where(present > 0, x, torch.zeros_like(x))
+        ctx_p = present[:, :-1, :]
+        count = torch.clamp(ctx_p.sum(dim=1, keepdim=True), min=1.0)
+        mean = (x0[:, :-1, :] * ctx_p).sum(dim=1, keepdim=True) / count
+        var = (((x0[:, :-1, :] - mean) * ctx_p) ** 2).sum(dim=1, keepdim=True) / count
         # The floor keeps constant windows finite; it is relative to the level.
         scale = torch.sqrt(var + (1e-3 * mean.abs() + 1e-6) ** 2)
-        return (x - mean) / scale, mean, scale
+        return (x0 - mean) / scale * present, present, mean, scale
 
     def core(self, x):
         """Shared by forward() and nll(): normalise, mask the newest value,
         encode, and predict it. Returns normalised input, window stats, the
         normalised prediction and the scored attention rows."""
-        xn, mean, scale = self.normalise(x)  # [B, W, F]
+        xn, present, mean, scale = self.normalise(x)  # [B, W, F]
         b_f = xn.transpose(1, 2).reshape(-1, self.window, 1)  # channel-independent: [B*F, W, 1]
+        p_f = present.transpose(1, 2).reshape(-1, self.window, 1)
         mask = torch.zeros_like(b_f)
         mask[:, -1, :] = 1.0
         # Hide the newest value; clip the context so one wild point cannot saturate
         # the encoder (the raw score below still uses the unclipped value).
-        tokens = torch.cat([torch.clamp(b_f, -10.0, 10.0) * (1.0 - mask), mask], dim=-1)
+        tokens = torch.cat([torch.clamp(b_f, -10.0, 10.0) * (1.0 - mask), mask, 1.0 - p_f], dim=-1)
+        key_bias = ((p_f[:, :, 0] - 1.0) * 1e4).reshape(-1, 1, 1, self.window)  # [B*F, 1, 1, W]
         h = self.embed(tokens) + self.pe
         rows = []
         for layer in self.layers:
-            h, weights = layer(h)
+            h, weights = layer(h, key_bias)
             rows.append(weights[:, :, -1, :])  # [B*F, H, W]: the scored row
         out = self.head(h[:, -1, :])  # [B*F, 2]
         mu_n = out[:, 0].reshape(-1, self.features)

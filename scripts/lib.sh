@@ -6,6 +6,7 @@ set -euo pipefail
 ATTNWATCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ATTNWATCH_CACHE="${ATTNWATCH_CACHE:-$HOME/.cache/attnwatch}"
 ONNXRUNTIME_VERSION="1.31.1"
+HADOLINT_VERSION="2.15.1"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ATTNWATCH_ROOT/scripts/kafka-pom/pom.xml")"
 VENV="$ATTNWATCH_CACHE/venv"
 KAFKA_LIBS="$ATTNWATCH_CACHE/kafka-$KAFKA_VERSION/libs"

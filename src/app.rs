@@ -135,6 +135,9 @@ impl App {
                 config.model.provider.as_str(),
             ])
             .set(1);
+        metrics
+            .model_fallback
+            .set(i64::from(provider != config.model.provider));
         tracing::info!(model = %contract.id(), window = contract.window, provider = provider.as_str(),
             requested = config.model.provider.as_str(), sessions = engines.len(), "model loaded");
         health.model_warm.store(true, Ordering::Relaxed);
@@ -202,7 +205,12 @@ impl App {
                 .map_err(|e| AppError::Internal(format!("spawning inference thread: {e}")))?;
             workers.push(handle);
         }
-        let planner = Planner::new(contract.window, FeatureSet(None), metrics.clone());
+        let planner = Planner::new(
+            contract.window,
+            contract.min_points,
+            FeatureSet(None),
+            metrics.clone(),
+        );
         let ingest = tokio::spawn(kafka::run(
             consumer.clone(),
             store,

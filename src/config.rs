@@ -168,12 +168,20 @@ pub struct ScoreConfig {
     /// Number of recent raw scores kept per series for calibration.
     #[serde(default = "default_history")]
     pub history: usize,
-    /// Width of the rolling band, in robust standard deviations (1.4826 MAD).
-    #[serde(default = "default_band")]
-    pub band: f64,
+    /// SPOT risk: the probability, per point, that a normal point exceeds
+    /// the raw threshold (lower = fewer alerts).
+    #[serde(default = "default_risk")]
+    pub risk: f64,
+    /// Quantile of the history above which excesses are fitted (SPOT's `t`).
+    #[serde(default = "default_tail_quantile")]
+    pub tail_quantile: f64,
     /// Lowest raw score that can ever be anomalous (the model's z-score).
     #[serde(default = "default_min_raw")]
     pub min_raw_threshold: f64,
+    /// Points after an alert during which the series raises no new alert
+    /// (one level shift fires once).
+    #[serde(default = "default_cooldown")]
+    pub cooldown: usize,
 }
 
 /// How much attention detail is published.
@@ -271,16 +279,22 @@ fn default_threshold() -> f64 {
     1.0
 }
 fn default_probation() -> usize {
-    64
+    128
 }
 fn default_history() -> usize {
-    512
+    2000
 }
-fn default_band() -> f64 {
-    6.0
+fn default_risk() -> f64 {
+    1e-3
+}
+fn default_tail_quantile() -> f64 {
+    0.98
+}
+fn default_cooldown() -> usize {
+    64
 }
 fn default_min_raw() -> f64 {
-    4.0
+    3.0
 }
 fn default_attention() -> AttentionDetail {
     AttentionDetail::TopK
@@ -407,11 +421,14 @@ impl Config {
         if !(s.threshold.is_finite() && s.threshold > 0.0) {
             problems.push("score.threshold must be a positive number".into());
         }
-        if s.history < 8 {
-            problems.push("score.history must be >= 8".into());
+        if s.history < 64 {
+            problems.push("score.history must be >= 64".into());
         }
-        if !(s.band.is_finite() && s.band > 0.0) {
-            problems.push("score.band must be a positive number".into());
+        if !(s.risk > 0.0 && s.risk < 0.5) {
+            problems.push("score.risk must be in (0, 0.5)".into());
+        }
+        if !(s.tail_quantile > 0.5 && s.tail_quantile < 1.0) {
+            problems.push("score.tail_quantile must be in (0.5, 1)".into());
         }
         if !(s.min_raw_threshold.is_finite() && s.min_raw_threshold > 0.0) {
             problems.push("score.min_raw_threshold must be a positive number".into());

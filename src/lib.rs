@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod config;
+pub mod eval;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -45,6 +45,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Measure detection quality.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+    },
     /// Produce a CSV series into a Kafka topic in the input format.
     Replay {
         /// CSV file with a header row.
@@ -71,6 +76,15 @@ enum Command {
         /// Send without pacing (the default when --speed is not given).
         #[arg(long)]
         as_fast_as_possible: bool,
+        /// Repeat the file forever, shifting timestamps forward each pass.
+        #[arg(long = "loop", conflicts_with = "passes")]
+        forever: bool,
+        /// Number of passes over the file (timestamps shifted each pass).
+        #[arg(long, default_value_t = 1)]
+        passes: u64,
+        /// File touched after each sent batch (for healthchecks).
+        #[arg(long)]
+        progress_file: Option<PathBuf>,
     },
     /// Read an output topic and print a summary of scores and anomalies.
     Summarize {
@@ -89,6 +103,26 @@ enum Command {
         /// How many top-scoring points to list.
         #[arg(long, default_value_t = 10)]
         top: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Score NAB-format data (data/<category>/<file>.csv + labels/combined_windows.json)
+    /// with the model and a rolling z-score baseline; print and write the NAB table.
+    Nab {
+        /// NAB-format directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output directory for result files and summary.md.
+        #[arg(long)]
+        out: PathBuf,
+        /// Config file for the [model] and [score] sections (defaults if absent).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Only files whose category/name contains one of these strings.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -133,6 +167,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::Eval {
+            what:
+                EvalCommand::Nab {
+                    data,
+                    out,
+                    config,
+                    only,
+                },
+        } => {
+            let c = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::from_toml_and_env("", std::env::vars())?,
+            };
+            let lib = c
+                .onnxruntime_library()
+                .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
+            let mut engine = attnwatch::model::Engine::load(&c.model, &lib)?;
+            let files = attnwatch::eval::load_corpus(&data, &only)?;
+            anyhow::ensure!(
+                !files.is_empty(),
+                "no NAB files found under {}",
+                data.display()
+            );
+            let reports = attnwatch::eval::run(&files, &mut engine, &c.score, &out)?;
+            print!(
+                "{}",
+                attnwatch::eval::render(&reports, &files, &engine.contract().id())
+            );
+            eprintln!("results written under {}", out.display());
+            Ok(())
+        }
         Command::CreateTopics {
             config,
             partitions,
@@ -158,6 +223,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             value_column,
             speed,
             as_fast_as_possible: _,
+            forever,
+            passes,
+            progress_file,
         } => {
             let rows = replay::read_csv(&input, &ts_column, &value_column)?;
             let series = series.unwrap_or_else(|| {
@@ -167,7 +235,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "series".into())
             });
             let pace = speed.map_or(replay::Pace::AsFastAsPossible, replay::Pace::Speed);
-            let n = rt.block_on(replay::replay(&brokers, &topic, &series, &rows, pace))?;
+            let opts = replay::ReplayOptions {
+                passes: if forever { 0 } else { passes },
+                progress_file,
+            };
+            let n = rt.block_on(replay::replay_with(
+                &brokers, &topic, &series, &rows, pace, &opts,
+            ))?;
             eprintln!(
                 "replayed {n} rows of {} as series {series:?} into {topic}",
                 input.display()

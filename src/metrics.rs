@@ -45,6 +45,10 @@ pub const ACTIVE_SERIES: &str = "attnwatch_active_series";
 pub const ASSIGNED_PARTITIONS: &str = "attnwatch_assigned_partitions";
 /// Constant 1, labelled with the model and the execution provider in use.
 pub const MODEL_INFO: &str = "attnwatch_model_info";
+/// 1 when the service is ready (the same condition as `/readyz`), else 0.
+pub const READY: &str = "attnwatch_ready";
+/// 1 when the execution provider in use is not the one configured.
+pub const MODEL_FALLBACK: &str = "attnwatch_model_fallback";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
 pub const ERRORS: &str = "attnwatch_errors_total";
 
@@ -87,6 +91,10 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// [`ERRORS`], label `kind`.
     pub errors: IntCounterVec,
+    /// [`READY`].
+    pub ready: IntGauge,
+    /// [`MODEL_FALLBACK`].
+    pub model_fallback: IntGauge,
 }
 
 /// Error kinds counted under [`ERRORS`].
@@ -212,6 +220,14 @@ impl Metrics {
             )?,
             model_info,
             errors: counter_vec(ERRORS, "Errors by kind.", "kind")?,
+            ready: gauge(
+                READY,
+                "1 when ready (model warm, partitions assigned, not draining).",
+            )?,
+            model_fallback: gauge(
+                MODEL_FALLBACK,
+                "1 when the execution provider in use is not the configured one.",
+            )?,
             registry,
         };
         for reason in Reason::ALL_CODES {

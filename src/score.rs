@@ -1,13 +1,19 @@
 //! Score stage: from the model's raw score to a calibrated, normalised score.
 //!
-//! Pure: no I/O. Each series key keeps a rolling history of its own recent raw
-//! scores. The raw threshold is the robust band `median + band * 1.4826 * MAD`
-//! of that history, floored at `min_raw_threshold`; the published score is
-//! `raw / raw_threshold`, so a score above 1.0 means anomalous (as in
-//! vmanomaly). No alert is raised until a series has `probation` scored points.
+//! Pure: no I/O. Each series key keeps a rolling history of its own recent
+//! raw scores and an extreme-value threshold over it, SPOT-style (Siffer et
+//! al., KDD 2017): the excesses over a high quantile `t` of the history are
+//! fitted with a generalised Pareto distribution (method of moments), and the
+//! raw threshold is the value exceeded with probability `risk`. It is floored
+//! at `min_raw_threshold`. The published score is `raw / raw_threshold`, so a
+//! score above 1.0 means anomalous (as in vmanomaly).
 //!
-//! The calibration is computed from the history *before* the current point is
-//! added, so a point cannot mask itself.
+//! - No alert until the series has `probation` scored points.
+//! - After an alert, no new alert for `cooldown` points: one level shift
+//!   fires once, not for every point while the window adapts.
+//! - Alerts enter the history capped at twice the threshold, so a recurring
+//!   surprise raises the threshold but one huge spike cannot blow up the tail.
+//! - The threshold comes from the history *before* the current point.
 
 use std::collections::HashMap;
 
@@ -20,10 +26,18 @@ pub struct Scored {
     pub score: f64,
     /// The normalised threshold (from config).
     pub threshold: f64,
-    /// `score > threshold` and the series is past probation.
+    /// `score > threshold`, past probation, outside a cooldown.
     pub anomaly: bool,
     /// The model's raw score (its surprise at the point).
     pub raw_score: f64,
+}
+
+impl Scored {
+    /// The score mapped monotonically to [0, 1) (0.5 at the threshold), as
+    /// NAB expects: `s / (s + threshold)`.
+    pub fn unit(&self) -> f64 {
+        self.score / (self.score + self.threshold)
+    }
 }
 
 /// Rolling calibration state of one series.
@@ -32,7 +46,11 @@ pub struct Calibration {
     history: Vec<f32>,
     next: usize,
     seen: u64,
+    cooldown_left: usize,
 }
+
+/// Fewest excesses over the tail quantile for a GPD fit.
+const MIN_PEAKS: usize = 8;
 
 impl Calibration {
     fn new(capacity: usize) -> Self {
@@ -40,25 +58,17 @@ impl Calibration {
             history: Vec::with_capacity(capacity),
             next: 0,
             seen: 0,
+            cooldown_left: 0,
         }
     }
 
     /// The raw-score threshold implied by the history so far.
-    fn raw_threshold(&self, cfg: &ScoreConfig) -> f64 {
-        if self.history.len() < 8 {
-            return cfg.min_raw_threshold;
-        }
-        let mut buf: Vec<f32> = self.history.clone();
-        let median = quantile_mid(&mut buf);
-        for v in buf.iter_mut() {
-            *v = (*v - median).abs();
-        }
-        let mad = quantile_mid(&mut buf);
-        let band = f64::from(median) + cfg.band * 1.4826 * f64::from(mad);
-        band.max(cfg.min_raw_threshold)
+    pub fn raw_threshold(&self, cfg: &ScoreConfig) -> f64 {
+        spot_threshold(&self.history, cfg.tail_quantile, cfg.risk)
+            .map_or(cfg.min_raw_threshold, |z| z.max(cfg.min_raw_threshold))
     }
 
-    /// Score a raw value, then add it to the history.
+    /// Score a raw value, then update the history.
     pub fn score(&mut self, raw: f64, cfg: &ScoreConfig) -> Scored {
         let raw = if raw.is_finite() {
             raw.max(0.0)
@@ -67,8 +77,18 @@ impl Calibration {
         };
         let raw_threshold = self.raw_threshold(cfg);
         let score = raw / raw_threshold;
-        let anomaly = score > cfg.threshold && self.seen >= cfg.probation as u64;
-        let stored = raw.min(1e30) as f32;
+        let eligible = self.seen >= cfg.probation as u64 && self.cooldown_left == 0;
+        let anomaly = eligible && score > cfg.threshold;
+        self.cooldown_left = if anomaly {
+            cfg.cooldown
+        } else {
+            self.cooldown_left.saturating_sub(1)
+        };
+        // Alerts enter the history capped at twice the threshold: a surprise
+        // that recurs (a daily transition the window is too short to see
+        // coming) then raises the threshold, while one huge spike cannot
+        // inflate the fitted tail.
+        let stored = raw.min(2.0 * raw_threshold).min(1e30) as f32;
         if self.history.len() < cfg.history {
             self.history.push(stored);
         } else {
@@ -85,11 +105,45 @@ impl Calibration {
     }
 }
 
-/// The median of `buf` (upper median for even lengths); reorders `buf`.
-fn quantile_mid(buf: &mut [f32]) -> f32 {
-    let mid = buf.len() / 2;
-    let (_, m, _) = buf.select_nth_unstable_by(mid, f32::total_cmp);
-    *m
+/// SPOT threshold over `history`: the value exceeded with probability
+/// `risk`, from a generalised Pareto fit (method of moments) to the excesses
+/// over the `tail_quantile` quantile. `None` with too little history.
+pub fn spot_threshold(history: &[f32], tail_quantile: f64, risk: f64) -> Option<f64> {
+    let n = history.len();
+    if n < MIN_PEAKS * 4 {
+        return None;
+    }
+    let mut buf = history.to_vec();
+    let k = ((n as f64 * tail_quantile) as usize).min(n - 1);
+    let (_, t, _) = buf.select_nth_unstable_by(k, f32::total_cmp);
+    let t = f64::from(*t);
+    let (mut count, mut sum, mut sum2) = (0usize, 0.0f64, 0.0f64);
+    for &x in history {
+        let y = f64::from(x) - t;
+        if y > 0.0 {
+            count += 1;
+            sum += y;
+            sum2 += y * y;
+        }
+    }
+    if count < MIN_PEAKS {
+        return Some(t);
+    }
+    let mean = sum / count as f64;
+    let var = (sum2 / count as f64 - mean * mean).max(0.0);
+    if var <= f64::EPSILON * mean * mean || mean <= 0.0 {
+        return Some(t + mean);
+    }
+    let ratio = mean * mean / var;
+    let xi = 0.5 * (1.0 - ratio);
+    let sigma = 0.5 * mean * (1.0 + ratio);
+    let r = risk * n as f64 / count as f64;
+    let z = if xi.abs() < 1e-6 {
+        t - sigma * r.ln()
+    } else {
+        t + sigma / xi * (r.powf(-xi) - 1.0)
+    };
+    z.is_finite().then_some(z)
 }
 
 /// Calibration for many series.
@@ -131,8 +185,10 @@ mod tests {
             threshold: 1.0,
             probation: 20,
             history: 64,
-            band: 6.0,
+            risk: 1e-3,
+            tail_quantile: 0.9,
             min_raw_threshold: 4.0,
+            cooldown: 0,
         }
     }
 
@@ -177,6 +233,40 @@ mod tests {
         }
         let r = s.score("calm", 3.0);
         assert!(!r.anomaly && (r.score - 0.75).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn spot_threshold_matches_the_exponential_tail() {
+        // Exponential(1) samples: the excesses over any quantile are again
+        // exponential (xi = 0), so z(risk) = -ln(risk).
+        let n = 20_000;
+        let history: Vec<f32> = (0..n)
+            .map(|i| -((1.0 - (i as f64 + 0.5) / n as f64).ln()) as f32)
+            .collect();
+        let z = spot_threshold(&history, 0.98, 1e-4).unwrap();
+        assert!((z - (1e4f64).ln()).abs() < 0.25, "{z}");
+        assert!(spot_threshold(&history[..10], 0.98, 1e-4).is_none());
+    }
+
+    #[test]
+    fn cooldown_suppresses_repeated_alerts_and_alerts_enter_history_capped() {
+        let mut c = cfg();
+        c.cooldown = 5;
+        let mut s = Scorer::new(c);
+        for i in 0..100 {
+            s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+        }
+        let first = s.score("a", 50.0);
+        assert!(first.anomaly);
+        let during: Vec<bool> = (0..5).map(|_| s.score("a", 49.0).anomaly).collect();
+        assert_eq!(during, vec![false; 5], "cooldown");
+        let hist = &s.series["a"].history;
+        // Threshold was the floor (4.0): the alert is stored as 8.0, not 50.
+        assert!(
+            !hist.contains(&50.0) && hist.contains(&8.0),
+            "the alert enters capped"
+        );
+        assert!(hist.iter().all(|x| *x < 50.0));
     }
 
     #[test]

@@ -33,6 +33,7 @@ struct AppState {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics.ready.set(i64::from(ready(&s).0));
     (
         [(
             header::CONTENT_TYPE,
@@ -46,14 +47,21 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+/// Whether the service is ready, and the JSON that says why (not).
+fn ready(s: &AppState) -> (bool, String) {
     let model = s.health.model_warm.load(Ordering::Relaxed);
     let partitions = s.metrics.assigned_partitions.get();
     let draining = s.health.draining.load(Ordering::Relaxed);
     let body = format!(
         "{{\"model_warm\":{model},\"assigned_partitions\":{partitions},\"draining\":{draining}}}\n"
     );
-    let status = if model && partitions > 0 && !draining {
+    (model && partitions > 0 && !draining, body)
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let (is_ready, body) = ready(&s);
+    s.metrics.ready.set(i64::from(is_ready));
+    let status = if is_ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -2,8 +2,11 @@
 //!
 //! Pure: no I/O, no clock, no tokio. Points are taken in arrival order; a
 //! point whose timestamp is not newer than the last one accepted for its
-//! series is dropped (and the caller counts it). Once a series has W points,
-//! every accepted point yields a window ending with that point.
+//! series is dropped (and the caller counts it). Once a series has
+//! `min_points` points, every accepted point yields a window of W positions
+//! ending with that point; while fewer than W points exist, the older
+//! positions are missing: `NaN` values and [`MISSING_TS`] timestamps (the
+//! model masks them).
 //!
 //! Regular-grid resampling, bounded lateness and eviction belong to a later
 //! stage of the design and are not done here.
@@ -21,13 +24,23 @@ pub enum Rejected {
     Duplicate,
 }
 
-/// A full window, oldest point first.
+/// Timestamp of a missing window position.
+pub const MISSING_TS: i64 = i64::MIN;
+
+/// A window of W positions, oldest first; missing positions come first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
-    /// Values, length W.
+    /// Values, length W; `NaN` where missing.
     pub values: Vec<f32>,
-    /// Timestamps (epoch ms) of the values, length W.
+    /// Timestamps (epoch ms), length W; [`MISSING_TS`] where missing.
     pub ts: Vec<i64>,
+}
+
+impl Window {
+    /// Whether position `i` holds a point.
+    pub fn present(&self, i: usize) -> bool {
+        self.ts.get(i).is_some_and(|t| *t != MISSING_TS)
+    }
 }
 
 /// The last W points of one series.
@@ -64,14 +77,22 @@ impl Ring {
 
     fn snapshot(&self) -> Window {
         let w = self.values.len();
-        let (vb, va) = self.values.split_at(self.head);
-        let (tb, ta) = self.ts.split_at(self.head);
         let mut values = Vec::with_capacity(w);
-        values.extend_from_slice(va);
-        values.extend_from_slice(vb);
         let mut ts = Vec::with_capacity(w);
-        ts.extend_from_slice(ta);
-        ts.extend_from_slice(tb);
+        if self.len < w {
+            // Not yet wrapped: the points are at 0..len, the rest is missing.
+            values.resize(w - self.len, f32::NAN);
+            ts.resize(w - self.len, MISSING_TS);
+            values.extend_from_slice(&self.values[..self.len]);
+            ts.extend_from_slice(&self.ts[..self.len]);
+        } else {
+            let (vb, va) = self.values.split_at(self.head);
+            let (tb, ta) = self.ts.split_at(self.head);
+            values.extend_from_slice(va);
+            values.extend_from_slice(vb);
+            ts.extend_from_slice(ta);
+            ts.extend_from_slice(tb);
+        }
         Window { values, ts }
     }
 }
@@ -80,14 +101,19 @@ impl Ring {
 #[derive(Debug)]
 pub struct Windows {
     w: usize,
+    min_points: usize,
     rings: HashMap<String, Ring>,
 }
 
 impl Windows {
-    /// Windows of length `w` (from the model contract). `w` must be >= 2.
-    pub fn new(w: usize) -> Self {
+    /// Windows of length `w` that are yielded once a series has
+    /// `min_points` points (both from the model contract; `min_points` is
+    /// clamped to `2..=w`).
+    pub fn new(w: usize, min_points: usize) -> Self {
+        let w = w.max(2);
         Windows {
-            w: w.max(2),
+            w,
+            min_points: min_points.clamp(2, w),
             rings: HashMap::new(),
         }
     }
@@ -107,8 +133,8 @@ impl Windows {
         self.rings.len()
     }
 
-    /// Add a point. Returns the full window ending at it once the series has
-    /// W points, `Ok(None)` while it is still warming up.
+    /// Add a point. Returns the window ending at it once the series has
+    /// `min_points` points, `Ok(None)` while it is still warming up.
     pub fn push(&mut self, key: &str, ts: i64, value: f32) -> Result<Option<Window>, Rejected> {
         let w = self.w;
         let ring = match self.rings.get_mut(key) {
@@ -127,7 +153,7 @@ impl Windows {
             }
         }
         ring.push(ts, value);
-        Ok((ring.len == w).then(|| ring.snapshot()))
+        Ok((ring.len >= self.min_points).then(|| ring.snapshot()))
     }
 }
 
@@ -137,7 +163,7 @@ mod tests {
 
     #[test]
     fn warms_up_then_yields_every_point() {
-        let mut w = Windows::new(3);
+        let mut w = Windows::new(3, 3);
         assert_eq!(w.push("a", 1, 1.0), Ok(None));
         assert_eq!(w.push("a", 2, 2.0), Ok(None));
         let win = w.push("a", 3, 3.0).unwrap().unwrap();
@@ -152,7 +178,7 @@ mod tests {
 
     #[test]
     fn late_and_duplicate_points_are_rejected_without_changing_state() {
-        let mut w = Windows::new(2);
+        let mut w = Windows::new(2, 2);
         w.push("a", 10, 1.0).unwrap();
         assert_eq!(w.push("a", 9, 7.0), Err(Rejected::Late));
         assert_eq!(w.push("a", 10, 7.0), Err(Rejected::Duplicate));
@@ -162,7 +188,7 @@ mod tests {
 
     #[test]
     fn series_are_independent() {
-        let mut w = Windows::new(2);
+        let mut w = Windows::new(2, 2);
         w.push("a", 1, 1.0).unwrap();
         w.push("b", 100, 9.0).unwrap();
         assert_eq!(w.push("a", 2, 2.0).unwrap().unwrap().values, vec![1.0, 2.0]);
@@ -171,8 +197,24 @@ mod tests {
     }
 
     #[test]
+    fn partial_windows_are_padded_with_missing_positions() {
+        let mut w = Windows::new(4, 2);
+        assert_eq!(w.push("a", 10, 1.0), Ok(None));
+        let win = w.push("a", 20, 2.0).unwrap().unwrap();
+        assert!(win.values[0].is_nan() && win.values[1].is_nan());
+        assert_eq!(&win.values[2..], &[1.0, 2.0]);
+        assert_eq!(win.ts, vec![MISSING_TS, MISSING_TS, 10, 20]);
+        assert!(!win.present(1) && win.present(2));
+        let win = w.push("a", 30, 3.0).unwrap().unwrap();
+        assert_eq!(win.ts, vec![MISSING_TS, 10, 20, 30]);
+        w.push("a", 40, 4.0).unwrap();
+        let win = w.push("a", 50, 5.0).unwrap().unwrap();
+        assert_eq!(win.values, vec![2.0, 3.0, 4.0, 5.0]);
+    }
+
+    #[test]
     fn ring_wraps_many_times() {
-        let mut w = Windows::new(4);
+        let mut w = Windows::new(4, 4);
         for i in 0..1000i64 {
             let out = w.push("s", i, i as f32).unwrap();
             if i >= 3 {

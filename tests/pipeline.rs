@@ -12,8 +12,6 @@ use attnwatch::config::AttentionDetail;
 use common::*;
 use tokio_util::sync::CancellationToken;
 
-const W: usize = 64;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_distributions() {
     let names = Names::new("happy");
@@ -23,8 +21,10 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
     let shutdown = CancellationToken::new();
     let app = App::start(cfg, shutdown.clone()).await.unwrap();
 
-    let n = W + 240;
-    let spike = W + 180;
+    let contract = contract();
+    let (w, first) = (contract.window, contract.min_points - 1);
+    let n = w + 240;
+    let spike = w + 180;
     let points = series(n, spike, 1);
     let p = producer();
     for (ts, v) in &points {
@@ -36,7 +36,7 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
         )
         .await;
     }
-    let expected = n - (W - 1);
+    let expected = n - first;
     let out = reader(&names.output);
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -56,7 +56,7 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
         let v = g.json();
         by_ts.insert(v["ts"].as_i64().unwrap(), v);
     }
-    let want_ts: Vec<i64> = points[W - 1..].iter().map(|(t, _)| *t).collect();
+    let want_ts: Vec<i64> = points[first..].iter().map(|(t, _)| *t).collect();
     assert_eq!(
         by_ts.keys().copied().collect::<Vec<_>>(),
         want_ts,
@@ -77,7 +77,7 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
         }
         let att = &v["attention"];
         let layers = att["layers"].as_array().unwrap();
-        assert_eq!(layers.len(), 2);
+        assert_eq!(layers.len(), contract.layers);
         for row in layers {
             let row: Vec<f64> = row
                 .as_array()
@@ -85,13 +85,13 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
                 .iter()
                 .map(|x| x.as_f64().unwrap())
                 .collect();
-            assert_eq!(row.len(), W);
+            assert_eq!(row.len(), w);
             assert!(row.iter().all(|x| *x >= 0.0));
             // Mean over heads of rows that each sum to 1.
             assert!((row.iter().sum::<f64>() - 1.0).abs() <= 1e-4);
         }
-        assert_eq!(att["ts"].as_array().unwrap().len(), W);
-        assert_eq!(att["ts"][W - 1].as_i64().unwrap(), *ts);
+        assert_eq!(att["ts"].as_array().unwrap().len(), w);
+        assert_eq!(att["ts"][w - 1].as_i64().unwrap(), *ts);
     }
     assert_eq!(
         best.1, points[spike].0,
@@ -149,7 +149,8 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
             br#"{"series":"s","ts":-1,"value":1}"#,
         ),
     ];
-    let n = W + 40;
+    let first = contract().min_points - 1;
+    let n = first + 100;
     let points = series(n, usize::MAX, 2);
     let p = producer();
     for (i, (ts, v)) in points.iter().enumerate() {
@@ -181,7 +182,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
         assert!(!got.headers["attnwatch.error"].is_empty());
     }
     let mut scored = Vec::new();
-    let expected = n - (W - 1);
+    let expected = n - first;
     assert!(
         read_until(&reader(&names.output), &mut scored, deadline, |g| g.len()
             >= expected)
@@ -192,7 +193,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
         .map(|g| g.json()["ts"].as_i64().unwrap())
         .collect();
     assert!(
-        points[W - 1..].iter().all(|(t, _)| ts.contains(t)),
+        points[first..].iter().all(|(t, _)| ts.contains(t)),
         "every good record is scored"
     );
 
@@ -220,13 +221,15 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
 async fn restart_mid_stream_loses_nothing() {
     let names = Names::new("restart");
     create_topics(&names, 2).await;
-    let n = W + 400;
+    let contract = contract();
+    let first = contract.min_points - 1;
+    let n = contract.window + 400;
     let series_ids = ["a", "b", "c"];
     let p = producer();
     let mut want = HashSet::new();
     for (sid, s) in series_ids.iter().enumerate() {
         let points = series(n, usize::MAX, 10 + sid as u64);
-        for (ts, _) in &points[W - 1..] {
+        for (ts, _) in &points[first..] {
             want.insert((s.to_string(), *ts));
         }
         for (ts, v) in &points {

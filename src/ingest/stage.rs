@@ -50,10 +50,10 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// A planner with windows of length `w`.
-    pub fn new(w: usize, features: FeatureSet, metrics: Metrics) -> Self {
+    /// A planner with windows of length `w`, yielded from `min_points` points on.
+    pub fn new(w: usize, min_points: usize, features: FeatureSet, metrics: Metrics) -> Self {
         Planner {
-            windows: Windows::new(w),
+            windows: Windows::new(w, min_points),
             features,
             metrics,
         }
@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn warm_up_then_one_job_per_point_and_dead_letters_for_bad_records() {
         let m = Metrics::new().unwrap();
-        let mut p = Planner::new(3, FeatureSet::default(), m.clone());
+        let mut p = Planner::new(3, 3, FeatureSet::default(), m.clone());
         for ts in 0..2 {
             let plan = p.plan(
                 format!(r#"{{"series":"a","ts":{ts},"value":1}}"#).as_bytes(),
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn multi_value_samples_window_each_feature() {
         let m = Metrics::new().unwrap();
-        let mut p = Planner::new(2, FeatureSet::default(), m);
+        let mut p = Planner::new(2, 2, FeatureSet::default(), m);
         p.plan(
             br#"{"series":"p","ts":1,"values":{"a":1,"b":2}}"#,
             None,

@@ -45,6 +45,9 @@ pub struct Contract {
     pub version: String,
     /// Window length W.
     pub window: usize,
+    /// Fewest present points a window may have (missing ones are NaN).
+    /// Models without `attnwatch.min_points` need full windows (= W).
+    pub min_points: usize,
     /// Feature names, length F.
     pub features: Vec<String>,
     /// Encoder layers (attention output dim 1).
@@ -130,6 +133,15 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
     if features.is_empty() {
         return Err(ContractError("attnwatch.features is empty".into()));
     }
+    let min_points = match d.metadata.get("attnwatch.min_points") {
+        None => window,
+        Some(_) => meta_usize(d, "attnwatch.min_points")?,
+    };
+    if !(2..=window).contains(&min_points) {
+        return Err(ContractError(format!(
+            "attnwatch.min_points = {min_points} must be in 2..=window"
+        )));
+    }
     let layers = meta_usize(d, "attnwatch.layers")?;
     let heads = meta_usize(d, "attnwatch.heads")?;
     let (w, f) = (window as i64, features.len() as i64);
@@ -152,6 +164,7 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
         name: meta(d, "attnwatch.model_name")?.to_string(),
         version: meta(d, "attnwatch.model_version")?.to_string(),
         window,
+        min_points,
         features,
         layers,
         heads,
@@ -204,6 +217,7 @@ mod tests {
     fn accepts_a_conforming_model() {
         let c = check(&good()).unwrap();
         assert_eq!(c.window, 8);
+        assert_eq!(c.min_points, 8, "full windows without the key");
         assert_eq!(c.features, vec!["value"]);
         assert_eq!(c.id(), "enc@1.2");
     }
@@ -225,6 +239,10 @@ mod tests {
         let mut d = good();
         d.outputs[3].dims = vec![-1, 2, 4, 8, 8];
         assert!(check(&d).unwrap_err().0.contains("attention has shape"));
+
+        let mut d = good();
+        d.metadata.insert("attnwatch.min_points".into(), "9".into());
+        assert!(check(&d).unwrap_err().0.contains("min_points"));
 
         let mut d = good();
         d.metadata.insert("attnwatch.contract".into(), "2".into());

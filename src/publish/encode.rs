@@ -15,6 +15,7 @@ use crate::ingest::offsets::Token;
 use crate::model::worker::Job;
 use crate::model::Contract;
 use crate::score::Scored;
+use crate::window::MISSING_TS;
 
 /// Header with the dead-letter reason code.
 pub const REASON_HEADER: &str = "attnwatch.reason";
@@ -104,7 +105,7 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     features: Option<Vec<FeatureRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    attention: Option<Attention<'a>>,
+    attention: Option<Attention>,
 }
 
 #[derive(Serialize)]
@@ -116,12 +117,13 @@ struct FeatureRecord<'a> {
 }
 
 #[derive(Serialize)]
-struct Attention<'a> {
+struct Attention {
     step_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     top: Option<Vec<TopEntry>>,
+    /// Timestamps of the window positions; `null` where missing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    ts: Option<&'a [i64]>,
+    ts: Option<Vec<Option<i64>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<Vec<f32>>>,
 }
@@ -146,17 +148,19 @@ pub fn per_layer(attention: &[f32], layers: usize, heads: usize, w: usize) -> Ve
         .collect()
 }
 
-/// Indices and weights of the `k` most-attended positions (mean over
-/// layers and heads), highest first; ties go to the newer position.
+/// Indices and weights of the `k` most-attended present positions (mean
+/// over layers and heads), highest first; ties go to the newer position.
 pub fn top_k(
     attention: &[f32],
     layers: usize,
     heads: usize,
     w: usize,
     k: usize,
+    present: impl Fn(usize) -> bool,
 ) -> Vec<(usize, f32)> {
     let rows = per_layer(attention, layers, heads, w);
     let mut mean: Vec<(usize, f32)> = (0..w)
+        .filter(|i| present(*i))
         .map(|i| (i, rows.iter().map(|r| r[i]).sum::<f32>() / layers as f32))
         .collect();
     mean.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
@@ -177,8 +181,9 @@ pub fn score_message(
     };
     let (layers, heads, w) = (contract.layers, contract.heads, contract.window);
     let ts = &driver.window_ts;
-    let step_ms = match (ts.first(), ts.last()) {
-        (Some(a), Some(b)) if ts.len() > 1 => (b - a) / (ts.len() as i64 - 1),
+    let present: Vec<i64> = ts.iter().copied().filter(|t| *t != MISSING_TS).collect();
+    let step_ms = match (present.first(), present.last()) {
+        (Some(a), Some(b)) if present.len() > 1 => (b - a) / (present.len() as i64 - 1),
         _ => 0,
     };
     let attention = match cfg.attention {
@@ -186,10 +191,12 @@ pub fn score_message(
         AttentionDetail::TopK => Some(Attention {
             step_ms,
             top: Some(
-                top_k(&driver.attention, layers, heads, w, cfg.top_k)
-                    .into_iter()
-                    .map(|(i, weight)| TopEntry { ts: ts[i], weight })
-                    .collect(),
+                top_k(&driver.attention, layers, heads, w, cfg.top_k, |i| {
+                    ts[i] != MISSING_TS
+                })
+                .into_iter()
+                .map(|(i, weight)| TopEntry { ts: ts[i], weight })
+                .collect(),
             ),
             ts: None,
             layers: None,
@@ -197,7 +204,11 @@ pub fn score_message(
         AttentionDetail::Row => Some(Attention {
             step_ms,
             top: None,
-            ts: Some(ts),
+            ts: Some(
+                ts.iter()
+                    .map(|t| (*t != MISSING_TS).then_some(*t))
+                    .collect(),
+            ),
             layers: Some(per_layer(&driver.attention, layers, heads, w)),
         }),
     };
@@ -302,6 +313,7 @@ mod tests {
             name: "enc".into(),
             version: "1".into(),
             window: 4,
+            min_points: 4,
             features: vec!["value".into()],
             layers: 2,
             heads: 2,

@@ -113,13 +113,72 @@ pub enum Pace {
     Speed(f64),
 }
 
-/// Produce `rows` of series `series` to `topic`. Prints progress to stderr.
+/// Options of a replay beyond the data itself.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Passes over the file; 0 repeats forever. Each pass after the first
+    /// shifts timestamps by the file's span plus one step, so the series
+    /// keeps moving forward in time (a repeat is not late data).
+    pub passes: u64,
+    /// File touched after every flushed batch (a liveness signal for
+    /// container healthchecks).
+    pub progress_file: Option<PathBuf>,
+}
+
+/// Timestamp shift of pass `pass` (0-based) over `rows`.
+pub fn pass_shift(rows: &[Row], pass: u64) -> i64 {
+    match (rows.first(), rows.last()) {
+        (Some(a), Some(b)) if rows.len() > 1 => {
+            let step = (b.ts - a.ts) / (rows.len() as i64 - 1);
+            (b.ts - a.ts + step.max(1)).saturating_mul(pass as i64)
+        }
+        _ => pass as i64,
+    }
+}
+
+/// Produce `rows` of series `series` to `topic` (once, or in passes per
+/// `opts`). Prints progress to stderr. Returns the rows sent.
+pub async fn replay_with(
+    brokers: &str,
+    topic: &str,
+    series: &str,
+    rows: &[Row],
+    pace: Pace,
+    opts: &ReplayOptions,
+) -> Result<usize, ReplayError> {
+    let mut sent = 0;
+    let mut pass = 0u64;
+    while opts.passes == 0 || pass < opts.passes {
+        let shift = pass_shift(rows, pass);
+        let shifted: Vec<Row> = rows
+            .iter()
+            .map(|r| Row {
+                ts: r.ts.saturating_add(shift),
+                value: r.value,
+            })
+            .collect();
+        sent += replay(
+            brokers,
+            topic,
+            series,
+            &shifted,
+            pace,
+            opts.progress_file.as_deref(),
+        )
+        .await?;
+        pass += 1;
+    }
+    Ok(sent)
+}
+
+/// Produce `rows` of series `series` to `topic`, once. Prints progress to stderr.
 pub async fn replay(
     brokers: &str,
     topic: &str,
     series: &str,
     rows: &[Row],
     pace: Pace,
+    progress_file: Option<&Path>,
 ) -> Result<usize, ReplayError> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -153,6 +212,12 @@ pub async fn replay(
                 }
             }
             eprintln!("replay: {}/{} rows sent to {topic}", i + 1, rows.len());
+            if let Some(p) = progress_file {
+                std::fs::write(p, format!("{}\n", i + 1)).map_err(|source| ReplayError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            }
         }
     }
     producer.flush(Timeout::After(Duration::from_secs(30)))?;
@@ -169,6 +234,21 @@ mod tests {
         assert_eq!(parse_ts("2014-04-01 00:00:00"), Some(1_396_310_400_000));
         assert_eq!(parse_ts("2014-04-01T00:00:00Z"), Some(1_396_310_400_000));
         assert_eq!(parse_ts("April"), None);
+    }
+
+    #[test]
+    fn passes_shift_by_span_plus_one_step() {
+        let rows: Vec<Row> = (0..4)
+            .map(|i| Row {
+                ts: 1000 + i * 60_000,
+                value: 0.0,
+            })
+            .collect();
+        assert_eq!(pass_shift(&rows, 0), 0);
+        assert_eq!(pass_shift(&rows, 1), 240_000);
+        assert_eq!(pass_shift(&rows, 2), 480_000);
+        // The first row of pass 1 comes one step after the last row of pass 0.
+        assert_eq!(rows[0].ts + pass_shift(&rows, 1), rows[3].ts + 60_000);
     }
 
     #[test]

@@ -32,6 +32,16 @@ pub fn ort_lib() -> PathBuf {
         .expect("ORT_DYLIB_PATH is not set: run the tests through scripts/test (scripts/setup installs onnxruntime)")
 }
 
+/// The committed model's contract (window, min_points, layers, heads).
+pub fn contract() -> attnwatch::model::Contract {
+    let mut c = Config::from_toml_and_env("", Vec::<(String, String)>::new()).unwrap();
+    c.model.path = model_path();
+    attnwatch::model::Engine::load(&c.model, &ort_lib())
+        .unwrap()
+        .contract()
+        .clone()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::rng().random::<u64>())
 }

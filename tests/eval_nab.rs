@@ -1,0 +1,74 @@
+//! `eval nab` on two real NAB dev files, through the real model: the
+//! result files have NAB's format and the figures are finite and in range.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use attnwatch::config::Config;
+use attnwatch::eval;
+use attnwatch::model::Engine;
+
+fn nab_dev() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nab-dev")
+}
+
+#[test]
+fn eval_nab_on_two_files_writes_nab_result_files() {
+    let only = vec!["art_daily_jumpsup".to_string(), "speed_7578".to_string()];
+    let files = eval::load_corpus(&nab_dev(), &only).unwrap();
+    assert_eq!(files.len(), 2);
+    let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
+    assert_eq!(windows, 5, "1 window in art_daily_jumpsup, 4 in speed_7578");
+
+    let mut c = Config::from_toml_and_env("", Vec::<(String, String)>::new()).unwrap();
+    c.model.path = common::model_path();
+    let mut engine = Engine::load(&c.model, &common::ort_lib()).unwrap();
+    let out = std::env::temp_dir().join(common::unique("eval-nab"));
+    let reports = eval::run(&files, &mut engine, &c.score, &out).unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        for (profile, (score, _)) in &r.oracle {
+            assert!(
+                score.is_finite() && *score <= 100.0,
+                "{} {profile} {score}",
+                r.name
+            );
+            // The oracle can always choose to detect nothing (score 0).
+            assert!(*score >= 0.0, "{} {profile} {score}", r.name);
+            assert!(r.online[profile].is_finite() && r.online[profile] <= 100.0);
+        }
+    }
+    let path = out.join("attnwatch/realTraffic/attnwatch_speed_7578.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp,value,anomaly_score,label"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows.len(),
+        files
+            .iter()
+            .find(|f| f.name == "speed_7578.csv")
+            .unwrap()
+            .ts
+            .len()
+    );
+    assert!(rows.iter().all(|r| {
+        let s: f64 = r[2].parse().unwrap();
+        (0.0..1.0).contains(&s)
+    }));
+    assert!(rows.iter().any(|r| r[3] == "1"), "labels are written");
+    let online = std::fs::read_to_string(
+        out.join("attnwatch_online/realTraffic/attnwatch_online_speed_7578.csv"),
+    )
+    .unwrap();
+    assert!(online
+        .lines()
+        .skip(1)
+        .all(|l| l.ends_with(",0") || l.ends_with(",1")));
+    assert!(std::fs::read_to_string(out.join("summary.md"))
+        .unwrap()
+        .contains("| attnwatch |"));
+    std::fs::remove_dir_all(&out).unwrap();
+}
