@@ -206,8 +206,7 @@ impl App {
             workers.push(handle);
         }
         let planner = Planner::new(
-            contract.window,
-            contract.min_points,
+            config.window.settings(contract.window, contract.min_points),
             FeatureSet(None),
             metrics.clone(),
         );

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::window::{Aggregation, Fill};
+
 /// Errors raised while loading or validating the configuration (fatal).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +51,9 @@ pub struct Config {
     /// Kafka connection, topics and delivery.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Per-series grid, lateness and state bounds.
+    #[serde(default)]
+    pub window: WindowConfig,
     /// The ONNX model and its execution.
     #[serde(default)]
     pub model: ModelConfig,
@@ -97,6 +102,56 @@ pub struct KafkaConfig {
     /// (for example `"security.protocol" = "SSL"`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// Window stage settings (see the README's "Time semantics").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Grid interval. Unset: inferred per series from its first
+    /// `infer_points` points (median delta).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// Points used to infer the interval when it is not set.
+    #[serde(default = "default_infer_points")]
+    pub infer_points: usize,
+    /// Aggregation of the points within one interval: `mean` or `last`.
+    #[serde(default = "default_aggregation")]
+    pub aggregation: Aggregation,
+    /// Longest gap, in intervals, that is filled; a longer gap resets the window.
+    #[serde(default = "default_max_gap")]
+    pub max_gap: usize,
+    /// Gap filling: `forward` or `linear`.
+    #[serde(default = "default_fill")]
+    pub fill: Fill,
+    /// How late a point may arrive (behind the newest point of its series)
+    /// and still land in its bucket. Buckets are scored once it has passed.
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Most series kept; the least recently used is evicted beyond it.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// A series without points for this long (processing time) is evicted.
+    #[serde(default = "default_idle_ttl", with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+impl WindowConfig {
+    /// Window-stage settings for a model with window `w` and `min_points`.
+    pub fn settings(&self, w: usize, min_points: usize) -> crate::window::Settings {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        crate::window::Settings {
+            interval_ms: self.interval.map(ms),
+            infer_points: self.infer_points,
+            aggregation: self.aggregation,
+            max_gap: self.max_gap,
+            fill: self.fill,
+            lateness_ms: ms(self.allowed_lateness),
+            max_series: self.max_series,
+            idle_ttl_ms: ms(self.idle_ttl),
+            ..crate::window::Settings::for_model(w, min_points)
+        }
+    }
 }
 
 /// Execution provider requested for inference.
@@ -233,6 +288,24 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+fn default_infer_points() -> usize {
+    8
+}
+fn default_aggregation() -> Aggregation {
+    Aggregation::Mean
+}
+fn default_max_gap() -> usize {
+    16
+}
+fn default_fill() -> Fill {
+    Fill::Forward
+}
+fn default_max_series() -> usize {
+    1_000_000
+}
+fn default_idle_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn default_brokers() -> String {
     "127.0.0.1:19092".into()
 }
@@ -329,6 +402,7 @@ macro_rules! default_from_serde {
     )*};
 }
 default_from_serde!(
+    WindowConfig,
     KafkaConfig,
     ModelConfig,
     ScoreConfig,
@@ -403,6 +477,16 @@ impl Config {
         }
         if k.commit_interval.is_zero() {
             problems.push("kafka.commit_interval must be > 0".into());
+        }
+        let w = &self.window;
+        if w.interval.is_some_and(|d| d.as_millis() == 0) {
+            problems.push("window.interval must be at least 1ms".into());
+        }
+        if w.infer_points < 2 {
+            problems.push("window.infer_points must be >= 2".into());
+        }
+        if w.max_series == 0 {
+            problems.push("window.max_series must be >= 1".into());
         }
         let m = &self.model;
         if m.sessions == 0 || m.sessions > 64 {

@@ -190,7 +190,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "no NAB files found under {}",
                 data.display()
             );
-            let reports = attnwatch::eval::run(&files, &mut engine, &c.score, &out)?;
+            let reports = attnwatch::eval::run(&files, &mut engine, &c.window, &c.score, &out)?;
             print!(
                 "{}",
                 attnwatch::eval::render(&reports, &files, &engine.contract().id())

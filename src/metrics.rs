@@ -21,12 +21,20 @@ pub const SAMPLES: &str = "attnwatch_samples_total";
 pub const RECORDS_PUBLISHED: &str = "attnwatch_records_published_total";
 /// Records sent to the dead-letter topic, by reason.
 pub const RECORDS_DEAD_LETTERED: &str = "attnwatch_records_dead_lettered_total";
-/// Points dropped because they were older than their series' last point.
+/// Points dropped because their bucket had already been closed (too late).
 pub const RECORDS_LATE: &str = "attnwatch_records_late_total";
-/// Points dropped because their timestamp repeated the last one.
+/// Duplicate timestamps resolved (the larger value kept).
 pub const RECORDS_DUPLICATE: &str = "attnwatch_records_duplicate_total";
 /// Points read while rebuilding windows after an assignment (not scored).
 pub const RECORDS_REPLAYED: &str = "attnwatch_records_replayed_total";
+/// Points dropped because their bucket already held too many points.
+pub const BUCKET_OVERFLOW: &str = "attnwatch_bucket_overflow_total";
+/// Grid values filled into short gaps.
+pub const GAPS_FILLED: &str = "attnwatch_gaps_filled_total";
+/// Windows reset after a gap longer than `window.max_gap`.
+pub const WINDOW_RESETS: &str = "attnwatch_window_resets_total";
+/// Series evicted, by reason (`lru`, `idle`).
+pub const SERIES_EVICTED: &str = "attnwatch_series_evicted_total";
 /// Windows scored by the model.
 pub const WINDOWS_SCORED: &str = "attnwatch_windows_scored_total";
 /// Points flagged anomalous.
@@ -71,6 +79,14 @@ pub struct Metrics {
     pub duplicate: IntCounter,
     /// [`RECORDS_REPLAYED`].
     pub replayed: IntCounter,
+    /// [`BUCKET_OVERFLOW`].
+    pub bucket_overflow: IntCounter,
+    /// [`GAPS_FILLED`].
+    pub gaps_filled: IntCounter,
+    /// [`WINDOW_RESETS`].
+    pub window_resets: IntCounter,
+    /// [`SERIES_EVICTED`], label `reason`.
+    pub series_evicted: IntCounterVec,
     /// [`WINDOWS_SCORED`].
     pub windows_scored: IntCounter,
     /// [`ANOMALIES`].
@@ -199,6 +215,17 @@ impl Metrics {
                 RECORDS_REPLAYED,
                 "Messages re-read to rebuild windows after an assignment.",
             )?,
+            bucket_overflow: counter(BUCKET_OVERFLOW, "Points dropped: their bucket was full.")?,
+            gaps_filled: counter(GAPS_FILLED, "Grid values filled into short gaps.")?,
+            window_resets: counter(
+                WINDOW_RESETS,
+                "Windows reset after a gap longer than window.max_gap.",
+            )?,
+            series_evicted: counter_vec(
+                SERIES_EVICTED,
+                "Series evicted, by reason (lru, idle).",
+                "reason",
+            )?,
             windows_scored: counter(WINDOWS_SCORED, "Windows scored by the model.")?,
             anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
             batch_size: histogram(
@@ -232,6 +259,9 @@ impl Metrics {
         };
         for reason in Reason::ALL_CODES {
             m.dead_lettered.with_label_values(&[reason]);
+        }
+        for reason in ["lru", "idle"] {
+            m.series_evicted.with_label_values(&[reason]);
         }
         for kind in ERROR_KINDS {
             m.errors.with_label_values(&[kind]);

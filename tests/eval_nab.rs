@@ -26,7 +26,7 @@ fn eval_nab_on_two_files_writes_nab_result_files() {
     c.model.path = common::model_path();
     let mut engine = Engine::load(&c.model, &common::ort_lib()).unwrap();
     let out = std::env::temp_dir().join(common::unique("eval-nab"));
-    let reports = eval::run(&files, &mut engine, &c.score, &out).unwrap();
+    let reports = eval::run(&files, &mut engine, &c.window, &c.score, &out).unwrap();
     assert_eq!(reports.len(), 2);
     for r in &reports {
         for (profile, (score, _)) in &r.oracle {

@@ -18,11 +18,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::config::ScoreConfig;
+use crate::config::{ScoreConfig, WindowConfig};
 use crate::model::{Engine, ModelError};
 use crate::score::Scorer;
 use crate::tools::replay::{self, ReplayError};
-use crate::window::Windows;
+use crate::window::{Settings, Windows};
 use nab::{LabeledFile, PROFILES};
 
 /// Errors of the evaluation.
@@ -157,32 +157,51 @@ pub fn rolling_z(w: &[f32]) -> f64 {
 const EVAL_BATCH: usize = 512;
 
 /// Run one file through window -> detector -> scorer, in time order.
+///
+/// The window stage puts the file on its grid; each grid point's score is
+/// attributed to the last row of its bucket (the row at which all of the
+/// bucket's data had arrived), so no row's result uses later rows. Other
+/// rows of a shared bucket, and rows before the first window, get 0.
 pub fn run_file(
     file: &NabFile,
-    window: usize,
-    min_points: usize,
+    window: &Settings,
     detector: &mut Detector<'_>,
     score: &ScoreConfig,
 ) -> Result<FileResult, EvalError> {
-    let mut windows = Windows::new(window, min_points);
+    let mut windows = Windows::new(window.clone());
     let key = format!("{}/{}", file.category, file.name);
+    let mut emitted = Vec::new();
+    for (ts, v) in file.ts.iter().zip(&file.values) {
+        // Event time doubles as the clock: idle eviction follows the data.
+        if let Ok(e) = windows.push(&key, *ts, *v as f32, *ts) {
+            emitted.extend(e);
+        }
+    }
+    emitted.extend(windows.flush(&key));
+    let interval = windows.interval(&key).unwrap_or(1);
+    // Grid timestamps are bucket starts; a bucket spans [ts, ts + interval).
+    let w = window.window;
     let mut rows = Vec::new();
     let mut flat = Vec::new();
-    for (i, (ts, v)) in file.ts.iter().zip(&file.values).enumerate() {
-        if let Ok(Some(w)) = windows.push(&key, *ts, *v as f32) {
-            rows.push(i);
-            flat.extend_from_slice(&w.values);
+    for e in emitted {
+        if let Some(win) = e.window {
+            let end = e.ts.saturating_add(interval);
+            let last_row = file.ts.partition_point(|t| *t < end);
+            if last_row > 0 {
+                rows.push(last_row - 1);
+                flat.extend_from_slice(&win.values);
+            }
         }
     }
     let mut raw = Vec::with_capacity(rows.len());
     match detector {
         Detector::Model(engine) => {
-            for chunk in flat.chunks(EVAL_BATCH * window) {
-                let out = engine.infer(chunk.to_vec(), chunk.len() / window)?;
+            for chunk in flat.chunks(EVAL_BATCH * w) {
+                let out = engine.infer(chunk.to_vec(), chunk.len() / w)?;
                 raw.extend(out.raw_score.iter().map(|x| f64::from(*x)));
             }
         }
-        Detector::RollingZ => raw.extend(flat.chunks(window).map(rolling_z)),
+        Detector::RollingZ => raw.extend(flat.chunks(w).map(rolling_z)),
     }
     let mut scorer = Scorer::new(score.clone());
     let mut result = FileResult {
@@ -273,11 +292,11 @@ pub fn report(
 pub fn run(
     files: &[NabFile],
     engine: &mut Engine,
+    window: &WindowConfig,
     score: &ScoreConfig,
     out: &Path,
 ) -> Result<Vec<DetectorReport>, EvalError> {
-    let window = engine.contract().window;
-    let min_points = engine.contract().min_points;
+    let settings = window.settings(engine.contract().window, engine.contract().min_points);
     let model_id = engine.contract().id();
     let mut reports = Vec::new();
     for (name, mut detector) in [
@@ -287,7 +306,7 @@ pub fn run(
         let started = Instant::now();
         let mut results = Vec::with_capacity(files.len());
         for (k, f) in files.iter().enumerate() {
-            results.push(run_file(f, window, min_points, &mut detector, score)?);
+            results.push(run_file(f, &settings, &mut detector, score)?);
             eprintln!(
                 "eval {name}: {}/{} {}/{} ({} rows)",
                 k + 1,

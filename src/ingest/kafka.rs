@@ -335,11 +335,16 @@ pub async fn run(
         let payload = msg.payload().unwrap_or_default();
         if replay {
             // Output for this message was published before the assignment.
-            planner.replay(payload, meta);
+            planner.replay(payload, meta, chrono::Utc::now().timestamp_millis());
             metrics.replayed.inc();
             continue;
         }
-        let plan = planner.plan(payload, msg.key(), meta);
+        let plan = planner.plan(
+            payload,
+            msg.key(),
+            meta,
+            chrono::Utc::now().timestamp_millis(),
+        );
         store.register(token, plan.outputs());
         for dl in plan.dead_letters {
             if outputs.publish.send(dl).await.is_err() {

@@ -11,7 +11,9 @@ use super::offsets::Token;
 use crate::metrics::Metrics;
 use crate::model::worker::{FeatureWindow, Job};
 use crate::publish::encode::{self, OutMessage};
-use crate::window::{Rejected, Windows};
+use std::collections::BTreeMap;
+
+use crate::window::{Counters, Settings, Windows};
 
 /// Separator between series id and feature name in window keys.
 const FEATURE_SEP: char = '\u{1f}';
@@ -47,28 +49,37 @@ pub struct Planner {
     windows: Windows,
     features: FeatureSet,
     metrics: Metrics,
+    /// Window counters already reported to the metrics.
+    reported: Counters,
 }
 
 impl Planner {
-    /// A planner with windows of length `w`, yielded from `min_points` points on.
-    pub fn new(w: usize, min_points: usize, features: FeatureSet, metrics: Metrics) -> Self {
+    /// A planner with the given window-stage settings.
+    pub fn new(settings: Settings, features: FeatureSet, metrics: Metrics) -> Self {
         Planner {
-            windows: Windows::new(w, min_points),
+            windows: Windows::new(settings),
             features,
             metrics,
+            reported: Counters::default(),
         }
     }
 
-    /// Decode `payload` and place its samples. `key` is the Kafka message key.
-    pub fn plan(&mut self, payload: &[u8], key: Option<&[u8]>, meta: MessageMeta) -> Plan {
-        self.plan_inner(payload, key, meta, false)
+    /// Decode `payload` and place its samples at processing time `now_ms`.
+    /// `key` is the Kafka message key.
+    pub fn plan(
+        &mut self,
+        payload: &[u8],
+        key: Option<&[u8]>,
+        meta: MessageMeta,
+        now_ms: i64,
+    ) -> Plan {
+        self.plan_inner(payload, key, meta, now_ms, false)
     }
 
     /// Place the samples of a message that was already published before (a
-    /// window rebuild after assignment): windows advance, nothing is emitted
-    /// or counted as new.
-    pub fn replay(&mut self, payload: &[u8], meta: MessageMeta) {
-        self.plan_inner(payload, None, meta, true);
+    /// window rebuild after assignment): windows advance, nothing is emitted.
+    pub fn replay(&mut self, payload: &[u8], meta: MessageMeta, now_ms: i64) {
+        self.plan_inner(payload, None, meta, now_ms, true);
     }
 
     fn plan_inner(
@@ -76,19 +87,19 @@ impl Planner {
         payload: &[u8],
         key: Option<&[u8]>,
         meta: MessageMeta,
+        now_ms: i64,
         replay: bool,
     ) -> Plan {
         let mut plan = Plan::default();
         for item in decode::decode(payload, &self.features) {
             match item {
                 Ok(sample) => {
-                    if replay {
-                        self.place(sample, meta);
-                        continue;
+                    if !replay {
+                        self.metrics.samples.inc();
                     }
-                    self.metrics.samples.inc();
-                    if let Some(job) = self.place(sample, meta) {
-                        plan.jobs.push(job);
+                    let jobs = self.place(sample, meta, now_ms);
+                    if !replay {
+                        plan.jobs.extend(jobs);
                     }
                 }
                 Err(_) if replay => {}
@@ -106,48 +117,78 @@ impl Planner {
                 }
             }
         }
-        self.metrics.active_series.set(self.windows.series() as i64);
+        self.report();
         plan
     }
 
-    fn place(&mut self, sample: Sample, meta: MessageMeta) -> Option<Job> {
+    /// Push a sample's value(s) into the window stage; one job per closed
+    /// grid point that has a window (all features of one grid time together).
+    fn place(&mut self, sample: Sample, meta: MessageMeta, now_ms: i64) -> Vec<Job> {
         let Sample {
             series,
             ts,
             values,
             labels,
         } = sample;
-        let (value, pairs): (Option<f32>, Vec<(String, f32)>) = match values {
-            Values::Single(v) => (Some(v), vec![("value".to_string(), v)]),
-            Values::Multi(m) => (None, m),
+        let single = matches!(values, Values::Single(_));
+        let pairs: Vec<(String, f32)> = match values {
+            Values::Single(v) => vec![("value".to_string(), v)],
+            Values::Multi(m) => m,
         };
-        let mut windows = Vec::with_capacity(pairs.len());
+        let mut by_time: BTreeMap<i64, (f32, Vec<FeatureWindow>)> = BTreeMap::new();
         for (feature, v) in pairs {
-            let key = if value.is_some() {
+            let key = if single {
                 series.clone()
             } else {
                 format!("{series}{FEATURE_SEP}{feature}")
             };
-            match self.windows.push(&key, ts, v) {
-                Ok(Some(window)) => windows.push(FeatureWindow {
-                    feature,
-                    key,
-                    window,
-                }),
-                Ok(None) => {}
-                Err(Rejected::Late) => self.metrics.late.inc(),
-                Err(Rejected::Duplicate) => self.metrics.duplicate.inc(),
+            // Dropped points are counted by the window stage.
+            let Ok(emitted) = self.windows.push(&key, ts, v, now_ms) else {
+                continue;
+            };
+            for e in emitted {
+                if let Some(window) = e.window {
+                    let entry = by_time.entry(e.ts).or_insert((e.value, Vec::new()));
+                    entry.1.push(FeatureWindow {
+                        feature: feature.clone(),
+                        key: key.clone(),
+                        window,
+                    });
+                }
             }
         }
-        (!windows.is_empty()).then_some(Job {
-            series,
-            ts,
-            value,
-            labels,
-            windows,
-            token: meta.token,
-            source_ts_ms: meta.kafka_ts_ms,
-        })
+        by_time
+            .into_iter()
+            .map(|(ts, (value, windows))| Job {
+                series: series.clone(),
+                ts,
+                value: single.then_some(value),
+                labels: labels.clone(),
+                windows,
+                token: meta.token,
+                source_ts_ms: meta.kafka_ts_ms,
+            })
+            .collect()
+    }
+
+    /// Bring the metrics up to date with the window stage's counters.
+    fn report(&mut self) {
+        let now = self.windows.counters();
+        let last = self.reported;
+        let m = &self.metrics;
+        m.late.inc_by(now.late - last.late);
+        m.duplicate.inc_by(now.duplicates - last.duplicates);
+        m.bucket_overflow.inc_by(now.overflow - last.overflow);
+        m.gaps_filled.inc_by(now.gaps_filled - last.gaps_filled);
+        m.window_resets.inc_by(now.resets - last.resets);
+        m.series_evicted
+            .with_label_values(&["lru"])
+            .inc_by(now.evicted_lru - last.evicted_lru);
+        m.series_evicted
+            .with_label_values(&["idle"])
+            .inc_by(now.evicted_idle - last.evicted_idle);
+        m.active_series.set(self.windows.series() as i64);
+        self.reported = now;
     }
 }
 
@@ -166,26 +207,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn warm_up_then_one_job_per_point_and_dead_letters_for_bad_records() {
-        let m = Metrics::new().unwrap();
-        let mut p = Planner::new(3, 3, FeatureSet::default(), m.clone());
-        for ts in 0..2 {
-            let plan = p.plan(
-                format!(r#"{{"series":"a","ts":{ts},"value":1}}"#).as_bytes(),
-                None,
-                meta(ts),
-            );
-            assert_eq!(plan.outputs(), 0);
+    fn settings(w: usize) -> Settings {
+        Settings {
+            interval_ms: Some(1),
+            ..Settings::for_model(w, w)
         }
-        let plan = p.plan(
-            br#"[{"series":"a","ts":2,"value":1},{"series":"a","ts":"x","value":1}]"#,
-            Some(b"a"),
-            meta(2),
-        );
+    }
+
+    fn msg(series: &str, ts: i64) -> Vec<u8> {
+        format!(r#"{{"series":"{series}","ts":{ts},"value":1}}"#).into_bytes()
+    }
+
+    #[test]
+    fn warm_up_then_one_job_per_grid_point_and_dead_letters_for_bad_records() {
+        let m = Metrics::new().unwrap();
+        let mut p = Planner::new(settings(3), FeatureSet::default(), m.clone());
+        // A bucket closes when the next one starts: buckets 0..=2 close on ts 1..=3.
+        for ts in 0..3 {
+            assert_eq!(p.plan(&msg("a", ts), None, meta(ts), 0).outputs(), 0);
+        }
+        let both = br#"[{"series":"a","ts":3,"value":1},{"series":"a","ts":"x","value":1}]"#;
+        let plan = p.plan(both, Some(b"a"), meta(3), 0);
         assert_eq!(plan.jobs.len(), 1);
         assert_eq!(plan.dead_letters.len(), 1);
         assert_eq!(plan.outputs(), 2);
+        assert_eq!(plan.jobs[0].ts, 2);
         assert_eq!(plan.jobs[0].windows[0].window.ts, vec![0, 1, 2]);
         assert_eq!(plan.dead_letters[0].key.as_deref(), Some("a"));
         assert_eq!(
@@ -193,24 +239,48 @@ mod tests {
             1
         );
         // A late point is dropped and counted, not dead-lettered.
-        let plan = p.plan(br#"{"series":"a","ts":1,"value":1}"#, None, meta(3));
-        assert_eq!(plan.outputs(), 0);
+        assert_eq!(p.plan(&msg("a", 1), None, meta(4), 0).outputs(), 0);
         assert_eq!(m.late.get(), 1);
+        assert_eq!(m.active_series.get(), 1);
+    }
+
+    #[test]
+    fn replayed_messages_advance_windows_without_output_or_counts() {
+        let m = Metrics::new().unwrap();
+        let mut p = Planner::new(settings(2), FeatureSet::default(), m.clone());
+        p.replay(&msg("a", 0), meta(0), 0);
+        p.replay(b"{bad", meta(1), 0);
+        p.replay(&msg("a", 1), meta(2), 0);
+        assert_eq!(m.samples.get(), 0);
+        assert_eq!(
+            m.dead_lettered.with_label_values(&["invalid_json"]).get(),
+            0
+        );
+        let plan = p.plan(&msg("a", 2), None, meta(3), 0);
+        assert_eq!(plan.jobs.len(), 1, "the rebuilt window is ready at once");
     }
 
     #[test]
     fn multi_value_samples_window_each_feature() {
         let m = Metrics::new().unwrap();
-        let mut p = Planner::new(2, 2, FeatureSet::default(), m);
+        let mut p = Planner::new(settings(2), FeatureSet::default(), m);
         p.plan(
             br#"{"series":"p","ts":1,"values":{"a":1,"b":2}}"#,
             None,
             meta(0),
+            0,
         );
-        let plan = p.plan(
+        p.plan(
             br#"{"series":"p","ts":2,"values":{"a":3,"b":4}}"#,
             None,
             meta(1),
+            0,
+        );
+        let plan = p.plan(
+            br#"{"series":"p","ts":3,"values":{"a":5,"b":6}}"#,
+            None,
+            meta(2),
+            0,
         );
         let job = &plan.jobs[0];
         assert_eq!(job.value, None);
