@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod backtest;
 pub mod config;
 pub mod eval;
 pub mod ingest;

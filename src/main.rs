@@ -45,14 +45,39 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         replication: i32,
     },
+    /// Score a CSV or Parquet file (replay / backtest) with the service's own
+    /// window, model and calibration; write one row per scored point.
+    Score {
+        /// Input file (.csv with a header row, or .parquet).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output file (.parquet or .csv).
+        #[arg(long)]
+        output: PathBuf,
+        /// Config file for the [window], [model], [score] and [publish] sections.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Series id column (default: the whole file is one series, named after the file).
+        #[arg(long)]
+        series_column: Option<String>,
+        /// Timestamp column (epoch ms, RFC 3339, YYYY-MM-DD HH:MM:SS, or a datetime).
+        #[arg(long, default_value = "timestamp")]
+        ts_column: String,
+        /// Value column.
+        #[arg(long, default_value = "value")]
+        value_column: String,
+        /// Also draw a PNG: series, score, anomalies, attention of the top anomaly.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Measure detection quality.
     Eval {
         #[command(subcommand)]
         what: EvalCommand,
     },
-    /// Produce a CSV series into a Kafka topic in the input format.
+    /// Produce a file (CSV or Parquet) into a Kafka topic in the input format.
     Replay {
-        /// CSV file with a header row.
+        /// CSV file with a header row, or Parquet.
         #[arg(long)]
         input: PathBuf,
         /// Target topic.
@@ -62,8 +87,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:19092")]
         brokers: String,
         /// Series id to send (default: the file name without extension).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "series_column")]
         series: Option<String>,
+        /// Series id column, for files with several series.
+        #[arg(long)]
+        series_column: Option<String>,
         /// Timestamp column.
         #[arg(long, default_value = "timestamp")]
         ts_column: String,
@@ -167,6 +195,47 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::Score {
+            input,
+            output,
+            config,
+            series_column,
+            ts_column,
+            value_column,
+            plot,
+        } => {
+            let c = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::from_toml_and_env("", std::env::vars())?,
+            };
+            let lib = c
+                .onnxruntime_library()
+                .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
+            let mut engine = attnwatch::model::Engine::load(&c.model, &lib)?;
+            let opts = attnwatch::backtest::ScoreFile {
+                input,
+                output,
+                columns: attnwatch::backtest::Columns {
+                    series: series_column,
+                    ts: ts_column,
+                    value: value_column,
+                },
+                plot,
+            };
+            let s = attnwatch::backtest::run(&c, &mut engine, &opts)?;
+            eprintln!(
+                "scored {} of {} rows ({} series) in {:.2} s: {:.0} rows/s; {} anomalies; wrote {}{}",
+                s.scored,
+                s.rows,
+                s.series,
+                s.seconds,
+                s.rows as f64 / s.seconds.max(1e-9),
+                s.anomalies,
+                opts.output.display(),
+                opts.plot.as_ref().map(|p| format!(" and {}", p.display())).unwrap_or_default()
+            );
+            Ok(())
+        }
         Command::Eval {
             what:
                 EvalCommand::Nab {
@@ -219,6 +288,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             topic,
             brokers,
             series,
+            series_column,
             ts_column,
             value_column,
             speed,
@@ -227,25 +297,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             passes,
             progress_file,
         } => {
-            let rows = replay::read_csv(&input, &ts_column, &value_column)?;
-            let series = series.unwrap_or_else(|| {
+            let default_series = series.unwrap_or_else(|| {
                 input
                     .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "series".into())
+                    .map_or_else(|| "series".into(), |s| s.to_string_lossy().into_owned())
             });
+            let columns = attnwatch::backtest::Columns {
+                series: series_column,
+                ts: ts_column,
+                value: value_column,
+            };
+            let data = attnwatch::backtest::files::read_series(&input, &columns, &default_series)?;
             let pace = speed.map_or(replay::Pace::AsFastAsPossible, replay::Pace::Speed);
             let opts = replay::ReplayOptions {
                 passes: if forever { 0 } else { passes },
                 progress_file,
             };
-            let n = rt.block_on(replay::replay_with(
-                &brokers, &topic, &series, &rows, pace, &opts,
-            ))?;
-            eprintln!(
-                "replayed {n} rows of {} as series {series:?} into {topic}",
-                input.display()
-            );
+            for s in &data {
+                let rows: Vec<replay::Row> =
+                    s.ts.iter()
+                        .zip(&s.values)
+                        .map(|(ts, value)| replay::Row {
+                            ts: *ts,
+                            value: *value,
+                        })
+                        .collect();
+                let n = rt.block_on(replay::replay_with(
+                    &brokers, &topic, &s.series, &rows, pace, &opts,
+                ))?;
+                eprintln!(
+                    "replayed {n} rows of {} as series {:?} into {topic}",
+                    input.display(),
+                    s.series
+                );
+            }
             Ok(())
         }
         Command::Summarize {

@@ -121,6 +121,42 @@ impl Planner {
         plan
     }
 
+    /// Place one already-validated sample (the file path) at processing
+    /// time `now_ms`; returns the jobs of the grid points it closed.
+    pub fn place_sample(&mut self, sample: Sample, meta: MessageMeta, now_ms: i64) -> Vec<Job> {
+        let jobs = self.place(sample, meta, now_ms);
+        self.report();
+        jobs
+    }
+
+    /// Close the open bucket of the single-valued series `series` (the end
+    /// of a file); returns its job if it has a window.
+    pub fn flush(&mut self, series: &str, meta: MessageMeta) -> Vec<Job> {
+        let jobs = self
+            .windows
+            .flush(series)
+            .into_iter()
+            .filter_map(|e| {
+                let window = e.window?;
+                Some(Job {
+                    series: series.to_string(),
+                    ts: e.ts,
+                    value: Some(e.value),
+                    labels: Default::default(),
+                    windows: vec![FeatureWindow {
+                        feature: "value".into(),
+                        key: series.to_string(),
+                        window,
+                    }],
+                    token: meta.token,
+                    source_ts_ms: None,
+                })
+            })
+            .collect();
+        self.report();
+        jobs
+    }
+
     /// Push a sample's value(s) into the window stage; one job per closed
     /// grid point that has a window (all features of one grid time together).
     fn place(&mut self, sample: Sample, meta: MessageMeta, now_ms: i64) -> Vec<Job> {

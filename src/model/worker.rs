@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::engine::{Engine, Inference};
+use super::engine::{Engine, Inference, ModelError};
 use crate::config::PublishConfig;
 use crate::ingest::offsets::Token;
 use crate::metrics::Metrics;
@@ -100,6 +100,37 @@ pub fn gather(
     Some(jobs)
 }
 
+/// Run one batch of jobs through the model and the calibration: the step
+/// shared by the inference threads and the file path (`attnwatch score`).
+/// Jobs of one series must come in time order (the scorer is stateful).
+pub fn process_batch(
+    engine: &mut Engine,
+    scorer: &mut Scorer,
+    jobs: &[Job],
+    metrics: Option<&Metrics>,
+) -> Result<Vec<ScoredPoint>, ModelError> {
+    let contract = engine.contract();
+    let per_window = contract.window * contract.f();
+    let dims = (contract.layers, contract.heads, contract.window);
+    let rows: usize = jobs.iter().map(|j| j.windows.len()).sum();
+    let mut input = Vec::with_capacity(rows * per_window);
+    for fw in jobs.iter().flat_map(|j| &j.windows) {
+        input.extend_from_slice(&fw.window.values);
+    }
+    let started = Instant::now();
+    let result = engine.infer(input, rows);
+    if let Some(m) = metrics {
+        m.inference_latency.observe(started.elapsed().as_secs_f64());
+        m.batch_size.observe(rows as f64);
+    }
+    let out = result?;
+    let mut row = 0;
+    Ok(jobs
+        .iter()
+        .map(|job| score_job(job, &out, &mut row, dims, scorer))
+        .collect())
+}
+
 /// The loop of one inference thread; returns when `rx` is closed and drained.
 pub fn run(
     mut engine: Engine,
@@ -111,22 +142,9 @@ pub fn run(
 ) {
     let contract = engine.contract().clone();
     let model_id = contract.id();
-    let per_window = contract.window * contract.f();
-    let att_per_row = contract.layers * contract.heads * contract.window;
     while let Some(jobs) = gather(&rx, settings.max_batch, settings.max_delay) {
-        let rows: usize = jobs.iter().map(|j| j.windows.len()).sum();
-        let mut input = Vec::with_capacity(rows * per_window);
-        for fw in jobs.iter().flat_map(|j| &j.windows) {
-            input.extend_from_slice(&fw.window.values);
-        }
-        let started = Instant::now();
-        let result = engine.infer(input, rows);
-        metrics
-            .inference_latency
-            .observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.observe(rows as f64);
-        let out = match result {
-            Ok(out) => out,
+        let points = match process_batch(&mut engine, &mut scorer, &jobs, Some(&metrics)) {
+            Ok(points) => points,
             Err(e) => {
                 metrics.error("inference", &e);
                 // Without scores the points cannot be published as scores;
@@ -144,15 +162,14 @@ pub fn run(
                 continue;
             }
         };
-        metrics.windows_scored.inc_by(rows as u64);
-        let mut row = 0;
-        for job in jobs {
-            let point = score_job(&job, &out, &mut row, att_per_row, &mut scorer);
+        metrics
+            .windows_scored
+            .inc_by(jobs.iter().map(|j| j.windows.len() as u64).sum());
+        for (job, point) in jobs.into_iter().zip(points) {
             if point.anomaly() {
                 metrics.anomalies.inc();
             }
-            let msg = encode::score_message(job, point, &model_id, &contract, &settings.publish);
-            match msg {
+            match encode::score_message(job, point, &model_id, &contract, &settings.publish) {
                 Ok(msg) => {
                     if tx.blocking_send(msg).is_err() {
                         return; // publisher gone: shutting down
@@ -168,21 +185,23 @@ fn score_job(
     job: &Job,
     out: &Inference,
     row: &mut usize,
-    att_per_row: usize,
+    (layers, heads, w): (usize, usize, usize),
     scorer: &mut Scorer,
 ) -> ScoredPoint {
+    let att_per_row = layers * heads * w;
     let mut features = Vec::with_capacity(job.windows.len());
     for fw in &job.windows {
         let r = *row;
         *row += 1;
-        let raw = f64::from(out.raw_score[r]);
-        let scored = scorer.score(&fw.key, raw);
+        let scored = scorer.score(&fw.key, f64::from(out.raw_score[r]));
         features.push(FeatureResult {
             feature: fw.feature.clone(),
             scored,
             pred_mean: out.pred_mean[r],
             pred_std: out.pred_std[r],
             attention: out.attention[r * att_per_row..(r + 1) * att_per_row].to_vec(),
+            layers,
+            heads,
             window_ts: fw.window.ts.clone(),
         });
     }

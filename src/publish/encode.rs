@@ -61,6 +61,10 @@ pub struct FeatureResult {
     pub pred_std: f32,
     /// Attention of the scored row, `[layers, heads, W]`.
     pub attention: Vec<f32>,
+    /// Encoder layers in `attention`.
+    pub layers: usize,
+    /// Heads per layer in `attention`.
+    pub heads: usize,
     /// Timestamps of the window positions.
     pub window_ts: Vec<i64>,
 }
@@ -342,6 +346,8 @@ mod tests {
             pred_mean: 1.0,
             pred_std: 0.5,
             attention,
+            layers: 2,
+            heads: 2,
             window_ts: vec![1000, 2000, 3000, 4000],
         }
     }
