@@ -89,9 +89,14 @@ class Encoder(nn.Module):
     enter the normalisation. The newest point must be present.
     """
 
-    def __init__(self, window=64, d_model=32, heads=4, layers=2, d_ff=64, dropout=0.0, features=1):
+    def __init__(self, window=64, d_model=32, heads=4, layers=2, d_ff=64, dropout=0.0, features=1, sd_floor=1e-2):
         super().__init__()
         self.window, self.features = window, features
+        # Floor of the predicted scale, in units of the window's standard
+        # deviation. Training uses 0.01; export may raise it (train.py
+        # --export-scale-floor) so the model never claims more precision than
+        # that fraction of the window's own spread.
+        self.sd_floor = sd_floor
         self.embed = nn.Linear(3, d_model)  # (normalised value, is-target flag, is-missing flag)
         self.register_buffer("pe", positional_encoding(window, d_model), persistent=False)
         self.layers = nn.ModuleList(EncoderLayer(d_model, heads, d_ff, window, dropout) for _ in range(layers))
@@ -132,7 +137,7 @@ class Encoder(nn.Module):
             rows.append(weights[:, :, -1, :])  # [B*F, H, W]: the scored row
         out = self.head(h[:, -1, :])  # [B*F, 2]
         mu_n = out[:, 0].reshape(-1, self.features)
-        sd_n = (nn.functional.softplus(out[:, 1]) + 1e-2).reshape(-1, self.features)
+        sd_n = (nn.functional.softplus(out[:, 1]) + self.sd_floor).reshape(-1, self.features)
         return xn, mean[:, 0, :], scale[:, 0, :], mu_n, sd_n, rows
 
     def forward(self, x):

@@ -71,7 +71,8 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-const BATCH: usize = 256;
+/// Windows per inference call (attention memory grows with batch x W^2).
+const BATCH: usize = 64;
 
 /// Score every series of `data` in time order through the service's stages.
 pub fn score_series(

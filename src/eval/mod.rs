@@ -154,7 +154,8 @@ pub fn rolling_z(w: &[f32]) -> f64 {
     (f64::from(last[0]) - mean).abs() / scale
 }
 
-const EVAL_BATCH: usize = 512;
+/// Windows per inference call; attention memory grows with batch x W^2.
+const EVAL_BATCH: usize = 64;
 
 /// Run one file through window -> detector -> scorer, in time order.
 ///

@@ -193,6 +193,40 @@ fn flush_closes_open_buckets() {
     assert_eq!(e[0].ts, MIN);
 }
 
+#[test]
+fn readme_worked_example() {
+    let t = |h: i64, m: i64, sec: i64| ((h * 60 + m) * 60 + sec) * 1000;
+    let mut win = Windows::new(Settings {
+        interval_ms: Some(MIN),
+        lateness_ms: MIN,
+        max_gap: 2,
+        ..Settings::for_model(8, 2)
+    });
+    let mut push = |ts, v| win.push("s", ts, v, 0);
+    assert_eq!(push(t(10, 0, 10), 4.0), Ok(vec![]));
+    assert_eq!(push(t(10, 0, 50), 6.0), Ok(vec![]));
+    assert_eq!(push(t(10, 1, 30), 5.0), Ok(vec![]));
+    assert_eq!(
+        push(t(10, 0, 20), 8.0),
+        Ok(vec![]),
+        "lands in the open bucket"
+    );
+    let e = push(t(10, 2, 5), 7.0).unwrap();
+    assert_eq!((e.len(), e[0].ts, e[0].value), (1, t(10, 0, 0), 6.0));
+    assert_eq!(push(t(10, 0, 40), 1.0), Err(Rejected::Late));
+    let e = push(t(10, 5, 10), 3.0).unwrap();
+    assert_eq!(
+        e.iter().map(|x| (x.ts, x.value)).collect::<Vec<_>>(),
+        vec![(t(10, 1, 0), 5.0), (t(10, 2, 0), 7.0)]
+    );
+    let e = push(t(10, 7, 0), 2.0).unwrap();
+    assert_eq!((e.len(), e[0].ts, e[0].value), (1, t(10, 5, 0), 3.0));
+    let w = e[0].window.as_ref().unwrap();
+    assert_eq!(&w.values[2..], &[6.0, 5.0, 7.0, 7.0, 7.0, 3.0]);
+    assert_eq!(win.counters().gaps_filled, 2);
+    assert_eq!(win.counters().late, 1);
+}
+
 /// All emitted grid points of `key` after pushing `pts` in order and flushing.
 fn run(s: &Settings, pts: &[(i64, f32)]) -> Vec<Emitted> {
     let mut win = Windows::new(s.clone());

@@ -1,0 +1,38 @@
+"""Declare the static output shapes of an exported attnwatch model.
+
+The TorchScript exporter loses the feature dimension of the outputs of the
+NaN-aware graph ([batch, -1] instead of [batch, F]); the attnwatch contract
+checks shapes at startup, so this writes them into the graph's outputs:
+pred_mean/pred_std/raw_score [batch, F], attention [batch, L, H, W].
+
+    python models/declare_shapes.py models/attnwatch-encoder.onnx
+"""
+import sys
+
+import onnx
+
+
+def declare(model: onnx.ModelProto) -> onnx.ModelProto:
+    meta = {p.key: p.value for p in model.metadata_props}
+    f = len(meta["attnwatch.features"].split(","))
+    dims = {
+        "pred_mean": [f], "pred_std": [f], "raw_score": [f],
+        "attention": [int(meta["attnwatch.layers"]), int(meta["attnwatch.heads"]), int(meta["attnwatch.window"])],
+    }
+    for out in model.graph.output:
+        want = dims[out.name]
+        shape = out.type.tensor_type.shape
+        while len(shape.dim) < len(want) + 1:
+            shape.dim.add()
+        shape.dim[0].dim_param = "batch"
+        for d, n in zip(shape.dim[1:], want):
+            d.ClearField("dim_param")
+            d.dim_value = n
+    onnx.checker.check_model(model)
+    return model
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        onnx.save(declare(onnx.load(path)), path)
+        print(f"declared output shapes in {path}")
