@@ -55,7 +55,7 @@ fn main() {
     );
 
     // Model: windows per second by batch size (one session, one thread).
-    for batch in [1usize, 8, 64, 256] {
+    for batch in [1usize, 2, 4, 8, 16, 64] {
         let input: Vec<f32> = (0..batch * w).map(|i| ((i % 97) as f32).sin()).collect();
         let reps = if batch >= 64 { 15 } else { 50 };
         let secs = time(reps, || {

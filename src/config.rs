@@ -199,7 +199,8 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: usize,
-    /// Largest number of windows in one inference call.
+    /// Largest number of windows in one inference call. On CPU the W = 256
+    /// model is fastest at 2-8 (docs/BENCHMARKS.md); raise it on a GPU.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first window arrived.
@@ -340,7 +341,7 @@ fn default_intra_threads() -> usize {
     1
 }
 fn default_max_batch() -> usize {
-    64
+    4
 }
 fn default_max_delay() -> Duration {
     Duration::from_millis(5)

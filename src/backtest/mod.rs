@@ -71,9 +71,6 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Windows per inference call (attention memory grows with batch x W^2).
-const BATCH: usize = 64;
-
 /// Score every series of `data` in time order through the service's stages.
 pub fn score_series(
     config: &Config,
@@ -111,7 +108,8 @@ pub fn score_series(
             jobs.extend(planner.place_sample(sample, meta, *ts));
         }
         jobs.extend(planner.flush(&s.series, meta));
-        for chunk in jobs.chunks(BATCH) {
+        // Same batch limit as the service (the CPU optimum is small; see docs/BENCHMARKS.md).
+        for chunk in jobs.chunks(config.model.max_batch.max(1)) {
             let points = worker::process_batch(engine, &mut scorer, chunk, None)?;
             for (job, point) in chunk.iter().zip(points) {
                 let msg = encode::score_message(

@@ -155,7 +155,7 @@ pub fn rolling_z(w: &[f32]) -> f64 {
 }
 
 /// Windows per inference call; attention memory grows with batch x W^2.
-const EVAL_BATCH: usize = 64;
+const EVAL_BATCH: usize = 8;
 
 /// Run one file through window -> detector -> scorer, in time order.
 ///
