@@ -204,14 +204,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             value_column,
             plot,
         } => {
-            let c = match config {
-                Some(p) => Config::load(&p)?,
-                None => Config::from_toml_and_env("", std::env::vars())?,
-            };
-            let lib = c
-                .onnxruntime_library()
-                .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
-            let mut engine = attnwatch::model::Engine::load(&c.model, &lib)?;
+            let (c, mut engine) = config_and_engine(config)?;
             let opts = attnwatch::backtest::ScoreFile {
                 input,
                 output,
@@ -245,14 +238,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     only,
                 },
         } => {
-            let c = match config {
-                Some(p) => Config::load(&p)?,
-                None => Config::from_toml_and_env("", std::env::vars())?,
-            };
-            let lib = c
-                .onnxruntime_library()
-                .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
-            let mut engine = attnwatch::model::Engine::load(&c.model, &lib)?;
+            let (c, mut engine) = config_and_engine(config)?;
             let files = attnwatch::eval::load_corpus(&data, &only)?;
             anyhow::ensure!(
                 !files.is_empty(),
@@ -353,6 +339,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The config (a file, or defaults) with environment overrides, and the
+/// model loaded from it: what the offline commands (`score`, `eval`) need.
+fn config_and_engine(path: Option<PathBuf>) -> anyhow::Result<(Config, attnwatch::model::Engine)> {
+    let c = match path {
+        Some(p) => Config::load(&p)?,
+        None => Config::from_toml_and_env("", std::env::vars())?,
+    };
+    let lib = c
+        .onnxruntime_library()
+        .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
+    let engine = attnwatch::model::Engine::load(&c.model, &lib)?;
+    Ok((c, engine))
 }
 
 /// First SIGTERM/SIGINT: graceful drain. Second: exit at once.
