@@ -85,7 +85,7 @@ fn main() {
     println!("window stage (grid, inferred interval): {:>9.0} points/s (W = {w}, 1000 series, median of 7)", points as f64 / secs);
 
     // Score stage: SPOT calibration per point (history full).
-    let mut scorer = Scorer::new(c.score.clone());
+    let mut scorer = Scorer::new(c.score.clone(), 1);
     for i in 0..c.score.history * 2 {
         scorer.score("s", (i % 17) as f64 * 0.3);
     }

@@ -194,7 +194,7 @@ impl App {
             let (tx, rx) = flume::bounded(config.model.queue_capacity);
             job_txs.push(tx);
             let (scorer, out, s, m) = (
-                Scorer::new(config.score.clone()),
+                Scorer::new(config.score.clone(), config.window.max_series),
                 pub_tx.clone(),
                 settings.clone(),
                 metrics.clone(),

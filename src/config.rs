@@ -199,8 +199,8 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: usize,
-    /// Largest number of windows in one inference call. On CPU the W = 256
-    /// model is fastest at 2-8 (docs/BENCHMARKS.md); raise it on a GPU.
+    /// Largest number of windows in one inference call. On CPU the W = 384
+    /// model is fastest at 1-2 (docs/BENCHMARKS.md); raise it on a GPU.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first window arrived.
@@ -238,6 +238,13 @@ pub struct ScoreConfig {
     /// (one level shift fires once).
     #[serde(default = "default_cooldown")]
     pub cooldown: usize,
+    /// Points in the run channel (median of the last `run_points` raw
+    /// scores, for sustained moderate surprise); 0 turns it off.
+    #[serde(default = "default_run_points")]
+    pub run_points: usize,
+    /// Lowest run-channel (median raw) score that can ever be anomalous.
+    #[serde(default = "default_run_min_raw")]
+    pub run_min_raw_threshold: f64,
 }
 
 /// How much attention detail is published.
@@ -341,7 +348,7 @@ fn default_intra_threads() -> usize {
     1
 }
 fn default_max_batch() -> usize {
-    4
+    2
 }
 fn default_max_delay() -> Duration {
     Duration::from_millis(5)
@@ -366,6 +373,12 @@ fn default_tail_quantile() -> f64 {
 }
 fn default_cooldown() -> usize {
     64
+}
+fn default_run_points() -> usize {
+    12
+}
+fn default_run_min_raw() -> f64 {
+    1.5
 }
 fn default_min_raw() -> f64 {
     3.0
@@ -517,6 +530,12 @@ impl Config {
         }
         if !(s.min_raw_threshold.is_finite() && s.min_raw_threshold > 0.0) {
             problems.push("score.min_raw_threshold must be a positive number".into());
+        }
+        if !(s.run_min_raw_threshold.is_finite() && s.run_min_raw_threshold > 0.0) {
+            problems.push("score.run_min_raw_threshold must be a positive number".into());
+        }
+        if s.run_points > s.history {
+            problems.push("score.run_points must be <= score.history".into());
         }
         let p = &self.publish;
         if p.attention == AttentionDetail::TopK && p.top_k == 0 {

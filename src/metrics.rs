@@ -33,7 +33,8 @@ pub const BUCKET_OVERFLOW: &str = "attnwatch_bucket_overflow_total";
 pub const GAPS_FILLED: &str = "attnwatch_gaps_filled_total";
 /// Windows reset after a gap longer than `window.max_gap`.
 pub const WINDOW_RESETS: &str = "attnwatch_window_resets_total";
-/// Series evicted, by reason (`lru`, `idle`).
+/// Series evicted, by reason (`lru`, `idle` from the window stage;
+/// `calibration_lru` from a scorer shard over `window.max_series`).
 pub const SERIES_EVICTED: &str = "attnwatch_series_evicted_total";
 /// Windows scored by the model.
 pub const WINDOWS_SCORED: &str = "attnwatch_windows_scored_total";
@@ -223,7 +224,7 @@ impl Metrics {
             )?,
             series_evicted: counter_vec(
                 SERIES_EVICTED,
-                "Series evicted, by reason (lru, idle).",
+                "Series evicted, by reason (lru, idle, calibration_lru).",
                 "reason",
             )?,
             windows_scored: counter(WINDOWS_SCORED, "Windows scored by the model.")?,

@@ -14,8 +14,14 @@
 //! - Alerts enter the history capped at twice the threshold, so a recurring
 //!   surprise raises the threshold but one huge spike cannot blow up the tail.
 //! - The threshold comes from the history *before* the current point.
+//! - A second, *run* channel catches sustained moderate surprise that no
+//!   single point shows (a cycle gone flat, a changed shape): the median of
+//!   the last `run_points` raw scores, calibrated by its own SPOT threshold
+//!   (floored at `run_min_raw_threshold`). The median ignores one spike, so
+//!   the run channel fires only when most recent points are surprising. The
+//!   score is the larger of the two normalised channels.
 
-use std::collections::HashMap;
+use lru::LruCache;
 
 use crate::config::ScoreConfig;
 
@@ -30,6 +36,9 @@ pub struct Scored {
     pub anomaly: bool,
     /// The model's raw score (its surprise at the point).
     pub raw_score: f64,
+    /// The run channel's normalised score (0 while it has too few points
+    /// or is disabled); `score` is the larger of this and the point channel.
+    pub run_score: f64,
 }
 
 impl Scored {
@@ -45,8 +54,35 @@ impl Scored {
 pub struct Calibration {
     history: Vec<f32>,
     next: usize,
+    /// The last `run_points` stored raw scores (ring).
+    recent: Vec<f32>,
+    recent_next: usize,
+    /// Run-channel medians, as `history` is for points.
+    run_history: Vec<f32>,
+    run_next: usize,
     seen: u64,
     cooldown_left: usize,
+}
+
+/// Push `x` into the ring `buf` of capacity `cap` whose write slot is `next`.
+fn ring_push(buf: &mut Vec<f32>, next: &mut usize, cap: usize, x: f32) {
+    if cap == 0 {
+        return;
+    }
+    if buf.len() < cap {
+        buf.push(x);
+    } else {
+        buf[*next] = x;
+        *next = (*next + 1) % cap;
+    }
+}
+
+/// Median of a small non-empty slice (the upper one for an even length).
+fn median(xs: &[f32]) -> f64 {
+    let mut v = xs.to_vec();
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f32::total_cmp);
+    f64::from(*m)
 }
 
 /// Fewest excesses over the tail quantile for a GPD fit.
@@ -57,9 +93,21 @@ impl Calibration {
         Calibration {
             history: Vec::with_capacity(capacity),
             next: 0,
+            recent: Vec::new(),
+            recent_next: 0,
+            run_history: Vec::new(),
+            run_next: 0,
             seen: 0,
             cooldown_left: 0,
         }
+    }
+
+    /// The run channel's threshold implied by its history so far.
+    pub fn run_threshold(&self, cfg: &ScoreConfig) -> f64 {
+        spot_threshold(&self.run_history, cfg.tail_quantile, cfg.risk)
+            .map_or(cfg.run_min_raw_threshold, |z| {
+                z.max(cfg.run_min_raw_threshold)
+            })
     }
 
     /// The raw-score threshold implied by the history so far.
@@ -76,7 +124,14 @@ impl Calibration {
             f64::MAX
         };
         let raw_threshold = self.raw_threshold(cfg);
-        let score = raw / raw_threshold;
+        // Alerts enter the history capped at twice the threshold: a surprise
+        // that recurs (a daily transition the window is too short to see
+        // coming) then raises the threshold, while one huge spike cannot
+        // inflate the fitted tail.
+        let stored = raw.min(2.0 * raw_threshold).min(1e30) as f32;
+        let point = raw / raw_threshold;
+        let run = self.run(stored, cfg);
+        let score = point.max(run);
         let eligible = self.seen >= cfg.probation as u64 && self.cooldown_left == 0;
         let anomaly = eligible && score > cfg.threshold;
         self.cooldown_left = if anomaly {
@@ -84,24 +139,34 @@ impl Calibration {
         } else {
             self.cooldown_left.saturating_sub(1)
         };
-        // Alerts enter the history capped at twice the threshold: a surprise
-        // that recurs (a daily transition the window is too short to see
-        // coming) then raises the threshold, while one huge spike cannot
-        // inflate the fitted tail.
-        let stored = raw.min(2.0 * raw_threshold).min(1e30) as f32;
-        if self.history.len() < cfg.history {
-            self.history.push(stored);
-        } else {
-            self.history[self.next] = stored;
-            self.next = (self.next + 1) % cfg.history;
-        }
+        ring_push(&mut self.history, &mut self.next, cfg.history, stored);
         self.seen += 1;
         Scored {
             score,
             threshold: cfg.threshold,
             anomaly,
             raw_score: raw,
+            run_score: run,
         }
+    }
+
+    /// Run channel: add the stored raw score of the current point, then
+    /// score the median of the last `run_points` against the run history
+    /// (from before this point) and record it. 0 until the run is full.
+    fn run(&mut self, stored: f32, cfg: &ScoreConfig) -> f64 {
+        let k = cfg.run_points;
+        if k == 0 {
+            return 0.0;
+        }
+        ring_push(&mut self.recent, &mut self.recent_next, k, stored);
+        if self.recent.len() < k {
+            return 0.0;
+        }
+        let m = median(&self.recent);
+        let threshold = self.run_threshold(cfg);
+        let kept = m.min(2.0 * threshold) as f32;
+        ring_push(&mut self.run_history, &mut self.run_next, cfg.history, kept);
+        m / threshold
     }
 }
 
@@ -146,33 +211,59 @@ pub fn spot_threshold(history: &[f32], tail_quantile: f64, risk: f64) -> Option<
     z.is_finite().then_some(z)
 }
 
-/// Calibration for many series.
+/// Calibration for many series, at most `max_series` of them: beyond that
+/// the least recently scored is dropped (it starts a new probation if it
+/// returns), as the window stage drops its window.
 #[derive(Debug)]
 pub struct Scorer {
     cfg: ScoreConfig,
-    series: HashMap<String, Calibration>,
+    max_series: usize,
+    series: LruCache<String, Calibration>,
+    evicted: u64,
 }
 
 impl Scorer {
-    /// A scorer with the given settings.
-    pub fn new(cfg: ScoreConfig) -> Self {
+    /// A scorer with the given settings, holding at most `max_series`
+    /// series' calibration (`window.max_series` in the service).
+    pub fn new(cfg: ScoreConfig, max_series: usize) -> Self {
         Scorer {
             cfg,
-            series: HashMap::new(),
+            max_series: max_series.max(1),
+            series: LruCache::unbounded(),
+            evicted: 0,
         }
     }
 
     /// Score the raw value of one point of series `key`.
     pub fn score(&mut self, key: &str, raw: f64) -> Scored {
-        let cap = self.cfg.history;
-        let cal = match self.series.get_mut(key) {
-            Some(c) => c,
-            None => self
-                .series
-                .entry(key.to_owned())
-                .or_insert_with(|| Calibration::new(cap)),
-        };
-        cal.score(raw, &self.cfg)
+        if let Some(cal) = self.series.get_mut(key) {
+            return cal.score(raw, &self.cfg);
+        }
+        while self.series.len() >= self.max_series {
+            if self.series.pop_lru().is_none() {
+                break;
+            }
+            self.evicted += 1;
+        }
+        let mut cal = Calibration::new(self.cfg.history);
+        let scored = cal.score(raw, &self.cfg);
+        self.series.put(key.to_owned(), cal);
+        scored
+    }
+
+    /// Series dropped for `max_series` since the last call.
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Series held.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// True when no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
     }
 }
 
@@ -189,12 +280,14 @@ mod tests {
             tail_quantile: 0.9,
             min_raw_threshold: 4.0,
             cooldown: 0,
+            run_points: 0,
+            run_min_raw_threshold: 1.5,
         }
     }
 
     #[test]
     fn no_alert_during_probation() {
-        let mut s = Scorer::new(cfg());
+        let mut s = Scorer::new(cfg(), 100);
         for i in 0..20 {
             // Ever larger raw scores: each is above the band of the ones before.
             let r = s.score("a", 10.0 * 4f64.powi(i));
@@ -206,7 +299,7 @@ mod tests {
 
     #[test]
     fn spike_after_calm_history_is_anomalous() {
-        let mut s = Scorer::new(cfg());
+        let mut s = Scorer::new(cfg(), 100);
         for i in 0..100 {
             let r = s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
             assert!(!r.anomaly);
@@ -220,7 +313,7 @@ mod tests {
 
     #[test]
     fn threshold_adapts_to_a_noisy_series() {
-        let mut s = Scorer::new(cfg());
+        let mut s = Scorer::new(cfg(), 100);
         // A series whose raw scores routinely reach 6 is not alerting at 6.
         for i in 0..200 {
             s.score("noisy", if i % 2 == 0 { 1.0 } else { 6.0 });
@@ -252,7 +345,7 @@ mod tests {
     fn cooldown_suppresses_repeated_alerts_and_alerts_enter_history_capped() {
         let mut c = cfg();
         c.cooldown = 5;
-        let mut s = Scorer::new(c);
+        let mut s = Scorer::new(c, 100);
         for i in 0..100 {
             s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
         }
@@ -260,7 +353,7 @@ mod tests {
         assert!(first.anomaly);
         let during: Vec<bool> = (0..5).map(|_| s.score("a", 49.0).anomaly).collect();
         assert_eq!(during, vec![false; 5], "cooldown");
-        let hist = &s.series["a"].history;
+        let hist = &s.series.peek("a").unwrap().history;
         // Threshold was the floor (4.0): the alert is stored as 8.0, not 50.
         assert!(
             !hist.contains(&50.0) && hist.contains(&8.0),
@@ -270,18 +363,83 @@ mod tests {
     }
 
     #[test]
+    fn run_channel_catches_sustained_moderate_surprise() {
+        let mut c = cfg();
+        c.run_points = 8;
+        c.min_raw_threshold = 3.0;
+        let mut s = Scorer::new(c.clone(), 100);
+        let calm = |i: usize| 0.5 + 0.3 * ((i % 7) as f64 / 7.0);
+        for i in 0..200 {
+            assert!(!s.score("a", calm(i)).anomaly);
+        }
+        // Raw 2.5 never crosses the point floor (3.0): only the run can fire.
+        let run: Vec<Scored> = (0..8).map(|_| s.score("a", 2.5)).collect();
+        assert!(run.iter().all(|r| r.raw_score / 3.0 < 1.0));
+        let first = run.iter().position(|r| r.anomaly).expect("the run fires");
+        // The (upper) median of 8 turns once half of the run is surprising.
+        assert_eq!(first, 3, "{run:?}");
+        assert!(run[first].run_score > 1.0 && run[first].score == run[first].run_score);
+
+        // Without the run channel the same points never alert.
+        c.run_points = 0;
+        let mut off = Scorer::new(c, 100);
+        for i in 0..200 {
+            off.score("a", calm(i));
+        }
+        assert!((0..8).all(|_| !off.score("a", 2.5).anomaly));
+    }
+
+    #[test]
+    fn one_spike_does_not_raise_the_run_channel() {
+        let mut c = cfg();
+        c.run_points = 8;
+        let mut s = Scorer::new(c, 100);
+        for i in 0..200 {
+            s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+        }
+        let spike = s.score("a", 40.0);
+        assert!(spike.anomaly && spike.run_score < 1.0, "{spike:?}");
+        for i in 0..8 {
+            let r = s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+            assert!(r.run_score < 1.0 && !r.anomaly, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn series_beyond_max_series_evict_the_least_recent() {
+        let mut s = Scorer::new(cfg(), 2);
+        s.score("a", 1.0);
+        s.score("b", 1.0);
+        s.score("a", 1.0); // a is now the most recent
+        s.score("c", 1.0); // evicts b
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.take_evicted(), 1);
+        assert_eq!(s.take_evicted(), 0);
+        assert!(s.series.peek("a").is_some() && s.series.peek("b").is_none());
+        // a kept its history; a returning b starts over.
+        assert_eq!(s.series.peek("a").unwrap().seen, 2);
+        s.score("b", 1.0);
+        assert_eq!(s.series.peek("b").unwrap().seen, 1);
+    }
+
+    #[test]
     fn non_finite_raw_is_maximal_not_nan() {
-        let mut s = Scorer::new(cfg());
+        let mut s = Scorer::new(cfg(), 100);
         let r = s.score("a", f64::NAN);
         assert!(r.score.is_finite() && r.score > 1.0);
     }
 
     #[test]
     fn history_is_bounded() {
-        let mut s = Scorer::new(cfg());
+        let mut c = cfg();
+        c.run_points = 8;
+        let mut s = Scorer::new(c, 100);
         for i in 0..10_000 {
             s.score("a", (i % 13) as f64);
         }
-        assert_eq!(s.series["a"].history.len(), 64);
+        let cal = s.series.peek("a").unwrap();
+        assert_eq!(cal.history.len(), 64);
+        assert_eq!(cal.run_history.len(), 64);
+        assert_eq!(cal.recent.len(), 8);
     }
 }

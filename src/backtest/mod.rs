@@ -86,7 +86,7 @@ pub fn score_series(
         crate::ingest::decode::FeatureSet(None),
         metrics,
     );
-    let mut scorer = Scorer::new(config.score.clone());
+    let mut scorer = Scorer::new(config.score.clone(), config.window.max_series);
     let meta = MessageMeta {
         token: Token {
             partition: -1,

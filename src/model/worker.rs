@@ -165,6 +165,13 @@ pub fn run(
         metrics
             .windows_scored
             .inc_by(jobs.iter().map(|j| j.windows.len() as u64).sum());
+        let evicted = scorer.take_evicted();
+        if evicted > 0 {
+            metrics
+                .series_evicted
+                .with_label_values(&["calibration_lru"])
+                .inc_by(evicted);
+        }
         for (job, point) in jobs.into_iter().zip(points) {
             if point.anomaly() {
                 metrics.anomalies.inc();

@@ -102,6 +102,7 @@ struct Record<'a> {
     threshold: f64,
     anomaly: bool,
     raw_score: f64,
+    run_score: f64,
     expected: f32,
     expected_std: f32,
     model: &'a str,
@@ -246,6 +247,7 @@ pub fn score_message(
         threshold: driver.scored.threshold,
         anomaly: point.anomaly(),
         raw_score: driver.scored.raw_score,
+        run_score: driver.scored.run_score,
         expected: driver.pred_mean,
         expected_std: driver.pred_std,
         model: model_id,
@@ -331,6 +333,7 @@ mod tests {
             threshold: 1.0,
             anomaly,
             raw_score: score * 4.0,
+            run_score: 0.0,
         }
     }
 
