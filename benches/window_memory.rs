@@ -23,7 +23,7 @@ fn main() {
     let window: usize = std::env::var("ATTNWATCH_BENCH_WINDOW")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(384);
     let before = status_kib("VmHWM:");
     let started = Instant::now();
     let mut win = Windows::new(Settings {

@@ -1,6 +1,6 @@
 """Train the attnwatch encoder on synthetic series and export it to ONNX.
 
-    python models/train.py --steps 1500 --seed 7 --out models/attnwatch-encoder.onnx
+    python models/train.py          # the committed model: W 384, 2000 steps, batch 64, seed 7
 
 Writes, next to --out:
   <name>.onnx                   opset-18 graph with metadata_props (the contract)
@@ -28,9 +28,9 @@ CONTRACT_VERSION = "1"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--window", type=int, default=384)
     ap.add_argument("--d-model", type=int, default=32)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
@@ -42,7 +42,7 @@ def main():
                          "labels among 0.01, 0.1, 0.3 (see README.md)")
     ap.add_argument("--min-points", type=int, default=16, help="fewest present points a window may have")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--version", default="0.1.0")
+    ap.add_argument("--version", default="0.3.0")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "attnwatch-encoder.onnx"))
     ap.add_argument("--nab-values", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nab-dev", "data"),
                     help="directory of NAB CSVs whose *values* (never labels) are used for validation and checkpoint selection")

@@ -151,6 +151,11 @@ enum EvalCommand {
         /// Only files whose category/name contains one of these strings.
         #[arg(long)]
         only: Vec<String>,
+        /// Also score a rolling z-score baseline with this window length
+        /// (repeatable; reported as baseline_zscore_w<N>). The default
+        /// baseline uses the model's window.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
+        baseline_window: Vec<u32>,
     },
 }
 
@@ -236,6 +241,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     out,
                     config,
                     only,
+                    baseline_window,
                 },
         } => {
             let (c, mut engine) = config_and_engine(config)?;
@@ -245,7 +251,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "no NAB files found under {}",
                 data.display()
             );
-            let reports = attnwatch::eval::run(&files, &mut engine, &c.window, &c.score, &out)?;
+            let options = attnwatch::eval::Options {
+                batch: c.model.max_batch,
+                baseline_windows: baseline_window.into_iter().map(|w| w as usize).collect(),
+            };
+            let reports =
+                attnwatch::eval::run(&files, &mut engine, &c.window, &c.score, &options, &out)?;
             print!(
                 "{}",
                 attnwatch::eval::render(&reports, &files, &engine.contract().id())

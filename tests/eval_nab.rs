@@ -26,8 +26,16 @@ fn eval_nab_on_two_files_writes_nab_result_files() {
     c.model.path = common::model_path();
     let mut engine = Engine::load(&c.model, &common::ort_lib()).unwrap();
     let out = std::env::temp_dir().join(common::unique("eval-nab"));
-    let reports = eval::run(&files, &mut engine, &c.window, &c.score, &out).unwrap();
-    assert_eq!(reports.len(), 2);
+    let options = eval::Options {
+        batch: c.model.max_batch,
+        baseline_windows: vec![64],
+    };
+    let reports = eval::run(&files, &mut engine, &c.window, &c.score, &options, &out).unwrap();
+    let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["baseline_zscore", "baseline_zscore_w64", "attnwatch"]
+    );
     for r in &reports {
         for (profile, (score, _)) in &r.oracle {
             assert!(

@@ -154,20 +154,22 @@ pub fn rolling_z(w: &[f32]) -> f64 {
     (f64::from(last[0]) - mean).abs() / scale
 }
 
-/// Windows per inference call; attention memory grows with batch x W^2.
-const EVAL_BATCH: usize = 8;
-
 /// Run one file through window -> detector -> scorer, in time order.
 ///
 /// The window stage puts the file on its grid; each grid point's score is
 /// attributed to the last row of its bucket (the row at which all of the
 /// bucket's data had arrived), so no row's result uses later rows. Other
 /// rows of a shared bucket, and rows before the first window, get 0.
+///
+/// `batch` is the number of windows per inference call (the service's
+/// `model.max_batch`): attention memory grows with batch x W^2, and on a
+/// CPU small batches are fastest.
 pub fn run_file(
     file: &NabFile,
     window: &Settings,
     detector: &mut Detector<'_>,
     score: &ScoreConfig,
+    batch: usize,
 ) -> Result<FileResult, EvalError> {
     let mut windows = Windows::new(window.clone());
     let key = format!("{}/{}", file.category, file.name);
@@ -197,14 +199,14 @@ pub fn run_file(
     let mut raw = Vec::with_capacity(rows.len());
     match detector {
         Detector::Model(engine) => {
-            for chunk in flat.chunks(EVAL_BATCH * w) {
+            for chunk in flat.chunks(batch.max(1) * w) {
                 let out = engine.infer(chunk.to_vec(), chunk.len() / w)?;
                 raw.extend(out.raw_score.iter().map(|x| f64::from(*x)));
             }
         }
         Detector::RollingZ => raw.extend(flat.chunks(w).map(rolling_z)),
     }
-    let mut scorer = Scorer::new(score.clone());
+    let mut scorer = Scorer::new(score.clone(), 1);
     let mut result = FileResult {
         unit: vec![0.0; file.ts.len()],
         flag: vec![false; file.ts.len()],
@@ -288,26 +290,51 @@ pub fn report(
     })
 }
 
-/// Evaluate the model and the baseline on every file of `files`; write
+/// How an evaluation runs, beyond the service's own config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Windows per inference call (the service's `model.max_batch`).
+    pub batch: usize,
+    /// Extra rolling z-score baselines with these window lengths, reported
+    /// as `baseline_zscore_w<W>` (the default baseline uses the model's W).
+    pub baseline_windows: Vec<usize>,
+}
+
+/// Evaluate the baseline(s) and the model on every file of `files`; write
 /// results and `summary.md` / `summary.json` under `out`.
 pub fn run(
     files: &[NabFile],
     engine: &mut Engine,
     window: &WindowConfig,
     score: &ScoreConfig,
+    options: &Options,
     out: &Path,
 ) -> Result<Vec<DetectorReport>, EvalError> {
-    let settings = window.settings(engine.contract().window, engine.contract().min_points);
+    let (w, min_points) = (engine.contract().window, engine.contract().min_points);
     let model_id = engine.contract().id();
+    let mut detectors = vec![(
+        "baseline_zscore".to_string(),
+        Detector::RollingZ,
+        window.settings(w, min_points),
+    )];
+    for &bw in &options.baseline_windows {
+        detectors.push((
+            format!("baseline_zscore_w{bw}"),
+            Detector::RollingZ,
+            window.settings(bw, min_points.min(bw)),
+        ));
+    }
+    detectors.push((
+        "attnwatch".to_string(),
+        Detector::Model(engine),
+        window.settings(w, min_points),
+    ));
     let mut reports = Vec::new();
-    for (name, mut detector) in [
-        ("baseline_zscore", Detector::RollingZ),
-        ("attnwatch", Detector::Model(engine)),
-    ] {
+    for (name, mut detector, settings) in detectors {
         let started = Instant::now();
         let mut results = Vec::with_capacity(files.len());
         for (k, f) in files.iter().enumerate() {
-            results.push(run_file(f, &settings, &mut detector, score)?);
+            results.push(run_file(f, &settings, &mut detector, score, options.batch)?);
             eprintln!(
                 "eval {name}: {}/{} {}/{} ({} rows)",
                 k + 1,
@@ -318,7 +345,7 @@ pub fn run(
             );
         }
         reports.push(report(
-            name,
+            &name,
             files,
             &results,
             out,
