@@ -224,6 +224,7 @@ impl App {
 
         let grace = config.shutdown.grace;
         let m = metrics.clone();
+        let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             let drained = async {
                 if let Err(e) = ingest.await {
@@ -245,11 +246,18 @@ impl App {
                     m.error("delivery", &format!("producer task: {e}"));
                 }
             };
-            if tokio::time::timeout(grace, drained).await.is_err() {
-                tracing::warn!(
+            // The grace period runs from the shutdown signal, not from
+            // start: a service must not stop itself after `grace` of work.
+            let deadline = async {
+                stop.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                () = drained => {}
+                () = deadline => tracing::warn!(
                     ?grace,
                     "shutdown grace period over; stopping without a full drain"
-                );
+                ),
             }
             let flush = tokio::task::spawn_blocking(move || {
                 if let Err(e) = producer.flush(Duration::from_secs(5)) {

@@ -295,3 +295,38 @@ async fn restart_mid_stream_loses_nothing() {
         "windows were rebuilt by replay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grace_period_runs_from_shutdown_not_from_start() {
+    // A regression test: the drain's time bound once wrapped the whole
+    // service, which then stopped by itself `grace` after starting.
+    let names = Names::new("grace");
+    create_topics(&names, 1).await;
+    let mut cfg = config(&names);
+    cfg.shutdown.grace = Duration::from_millis(300);
+    let shutdown = CancellationToken::new();
+    let app = App::start(cfg, shutdown.clone()).await.unwrap();
+    let url = format!("http://{}/healthz", app.http_addr());
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut answers = 0;
+    while Instant::now() < until {
+        let alive = reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        assert!(
+            alive,
+            "the service stopped by itself after {answers} answers"
+        );
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers >= 10, "{answers}");
+    let stopping = Instant::now();
+    shutdown.cancel();
+    app.wait().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+}
