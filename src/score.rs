@@ -52,29 +52,41 @@ impl Scored {
 /// Rolling calibration state of one series.
 #[derive(Debug, Clone)]
 pub struct Calibration {
-    history: Vec<f32>,
-    next: usize,
-    /// The last `run_points` stored raw scores (ring).
-    recent: Vec<f32>,
-    recent_next: usize,
+    /// Stored raw scores (the point channel's calibration memory).
+    history: Ring,
+    /// The last `run_points` stored raw scores.
+    recent: Ring,
     /// Run-channel medians, as `history` is for points.
-    run_history: Vec<f32>,
-    run_next: usize,
+    run_history: Ring,
     seen: u64,
     cooldown_left: usize,
 }
 
-/// Push `x` into the ring `buf` of capacity `cap` whose write slot is `next`.
-fn ring_push(buf: &mut Vec<f32>, next: &mut usize, cap: usize, x: f32) {
-    if cap == 0 {
-        return;
+/// The newest `cap` values pushed (order does not matter to its readers).
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    values: Vec<f32>,
+    next: usize,
+}
+
+impl Ring {
+    fn push(&mut self, cap: usize, x: f32) {
+        if cap == 0 {
+            return;
+        }
+        if self.values.len() < cap {
+            self.values.push(x);
+        } else {
+            self.values[self.next] = x;
+            self.next = (self.next + 1) % cap;
+        }
     }
-    if buf.len() < cap {
-        buf.push(x);
-    } else {
-        buf[*next] = x;
-        *next = (*next + 1) % cap;
-    }
+}
+
+/// SPOT threshold over `history`, floored at `floor` (also the value while
+/// the history is too short for a fit).
+fn floored_threshold(history: &Ring, floor: f64, cfg: &ScoreConfig) -> f64 {
+    spot_threshold(&history.values, cfg.tail_quantile, cfg.risk).map_or(floor, |z| z.max(floor))
 }
 
 /// Median of a small non-empty slice (the upper one for an even length).
@@ -91,29 +103,25 @@ const MIN_PEAKS: usize = 8;
 impl Calibration {
     fn new(capacity: usize) -> Self {
         Calibration {
-            history: Vec::with_capacity(capacity),
-            next: 0,
-            recent: Vec::new(),
-            recent_next: 0,
-            run_history: Vec::new(),
-            run_next: 0,
+            history: Ring {
+                values: Vec::with_capacity(capacity),
+                next: 0,
+            },
+            recent: Ring::default(),
+            run_history: Ring::default(),
             seen: 0,
             cooldown_left: 0,
         }
     }
 
-    /// The run channel's threshold implied by its history so far.
-    pub fn run_threshold(&self, cfg: &ScoreConfig) -> f64 {
-        spot_threshold(&self.run_history, cfg.tail_quantile, cfg.risk)
-            .map_or(cfg.run_min_raw_threshold, |z| {
-                z.max(cfg.run_min_raw_threshold)
-            })
-    }
-
     /// The raw-score threshold implied by the history so far.
     pub fn raw_threshold(&self, cfg: &ScoreConfig) -> f64 {
-        spot_threshold(&self.history, cfg.tail_quantile, cfg.risk)
-            .map_or(cfg.min_raw_threshold, |z| z.max(cfg.min_raw_threshold))
+        floored_threshold(&self.history, cfg.min_raw_threshold, cfg)
+    }
+
+    /// The run channel's threshold implied by its history so far.
+    pub fn run_threshold(&self, cfg: &ScoreConfig) -> f64 {
+        floored_threshold(&self.run_history, cfg.run_min_raw_threshold, cfg)
     }
 
     /// Score a raw value, then update the history.
@@ -139,7 +147,7 @@ impl Calibration {
         } else {
             self.cooldown_left.saturating_sub(1)
         };
-        ring_push(&mut self.history, &mut self.next, cfg.history, stored);
+        self.history.push(cfg.history, stored);
         self.seen += 1;
         Scored {
             score,
@@ -158,14 +166,14 @@ impl Calibration {
         if k == 0 {
             return 0.0;
         }
-        ring_push(&mut self.recent, &mut self.recent_next, k, stored);
-        if self.recent.len() < k {
+        self.recent.push(k, stored);
+        if self.recent.values.len() < k {
             return 0.0;
         }
-        let m = median(&self.recent);
+        let m = median(&self.recent.values);
         let threshold = self.run_threshold(cfg);
         let kept = m.min(2.0 * threshold) as f32;
-        ring_push(&mut self.run_history, &mut self.run_next, cfg.history, kept);
+        self.run_history.push(cfg.history, kept);
         m / threshold
     }
 }
@@ -255,16 +263,6 @@ impl Scorer {
     pub fn take_evicted(&mut self) -> u64 {
         std::mem::take(&mut self.evicted)
     }
-
-    /// Series held.
-    pub fn len(&self) -> usize {
-        self.series.len()
-    }
-
-    /// True when no series is held.
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -285,6 +283,11 @@ mod tests {
         }
     }
 
+    /// A calm raw score for point `i`: 0.5..0.8, period 7.
+    fn calm(i: usize) -> f64 {
+        0.5 + 0.3 * ((i % 7) as f64 / 7.0)
+    }
+
     #[test]
     fn no_alert_during_probation() {
         let mut s = Scorer::new(cfg(), 100);
@@ -301,7 +304,7 @@ mod tests {
     fn spike_after_calm_history_is_anomalous() {
         let mut s = Scorer::new(cfg(), 100);
         for i in 0..100 {
-            let r = s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+            let r = s.score("a", calm(i));
             assert!(!r.anomaly);
             assert!(r.score < 1.0);
         }
@@ -320,11 +323,11 @@ mod tests {
         }
         let r = s.score("noisy", 6.0);
         assert!(!r.anomaly, "{r:?}");
-        // The floor holds for a perfectly calm series: raw 3 is not anomalous.
+        // The floor holds for a perfectly quiet series: raw 3 is not anomalous.
         for _ in 0..200 {
-            s.score("calm", 0.0);
+            s.score("quiet", 0.0);
         }
-        let r = s.score("calm", 3.0);
+        let r = s.score("quiet", 3.0);
         assert!(!r.anomaly && (r.score - 0.75).abs() < 1e-9, "{r:?}");
     }
 
@@ -347,13 +350,13 @@ mod tests {
         c.cooldown = 5;
         let mut s = Scorer::new(c, 100);
         for i in 0..100 {
-            s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+            s.score("a", calm(i));
         }
         let first = s.score("a", 50.0);
         assert!(first.anomaly);
         let during: Vec<bool> = (0..5).map(|_| s.score("a", 49.0).anomaly).collect();
         assert_eq!(during, vec![false; 5], "cooldown");
-        let hist = &s.series.peek("a").unwrap().history;
+        let hist = &s.series.peek("a").unwrap().history.values;
         // Threshold was the floor (4.0): the alert is stored as 8.0, not 50.
         assert!(
             !hist.contains(&50.0) && hist.contains(&8.0),
@@ -368,7 +371,6 @@ mod tests {
         c.run_points = 8;
         c.min_raw_threshold = 3.0;
         let mut s = Scorer::new(c.clone(), 100);
-        let calm = |i: usize| 0.5 + 0.3 * ((i % 7) as f64 / 7.0);
         for i in 0..200 {
             assert!(!s.score("a", calm(i)).anomaly);
         }
@@ -395,12 +397,12 @@ mod tests {
         c.run_points = 8;
         let mut s = Scorer::new(c, 100);
         for i in 0..200 {
-            s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+            s.score("a", calm(i));
         }
         let spike = s.score("a", 40.0);
         assert!(spike.anomaly && spike.run_score < 1.0, "{spike:?}");
         for i in 0..8 {
-            let r = s.score("a", 0.5 + 0.3 * ((i % 7) as f64 / 7.0));
+            let r = s.score("a", calm(i));
             assert!(r.run_score < 1.0 && !r.anomaly, "{r:?}");
         }
     }
@@ -412,7 +414,7 @@ mod tests {
         s.score("b", 1.0);
         s.score("a", 1.0); // a is now the most recent
         s.score("c", 1.0); // evicts b
-        assert_eq!(s.len(), 2);
+        assert_eq!(s.series.len(), 2);
         assert_eq!(s.take_evicted(), 1);
         assert_eq!(s.take_evicted(), 0);
         assert!(s.series.peek("a").is_some() && s.series.peek("b").is_none());
@@ -438,8 +440,8 @@ mod tests {
             s.score("a", (i % 13) as f64);
         }
         let cal = s.series.peek("a").unwrap();
-        assert_eq!(cal.history.len(), 64);
-        assert_eq!(cal.run_history.len(), 64);
-        assert_eq!(cal.recent.len(), 8);
+        assert_eq!(cal.history.values.len(), 64);
+        assert_eq!(cal.run_history.values.len(), 64);
+        assert_eq!(cal.recent.values.len(), 8);
     }
 }
