@@ -1,9 +1,9 @@
 """Declare the static output shapes of an exported attnwatch model.
 
-The TorchScript exporter loses the feature dimension of the outputs of the
-NaN-aware graph ([batch, -1] instead of [batch, F]); the attnwatch contract
-checks shapes at startup, so this writes them into the graph's outputs:
-pred_mean/pred_std/raw_score [batch, F], attention [batch, L, H, W].
+The TorchScript exporter does not always infer the static dimensions of the
+outputs; the attnwatch contract checks shapes at startup, so this writes
+them into the graph: forecast_mean/forecast_std [batch, H, F],
+attention [batch, L, heads, T], novelty [batch, 2].
 
     python models/declare_shapes.py models/attnwatch-encoder.onnx
 """
@@ -15,9 +15,12 @@ import onnx
 def declare(model: onnx.ModelProto) -> onnx.ModelProto:
     meta = {p.key: p.value for p in model.metadata_props}
     f = len(meta["attnwatch.features"].split(","))
+    h = int(meta["attnwatch.horizon"])
+    t = int(meta["attnwatch.context"]) // int(meta["attnwatch.patch"])
     dims = {
-        "pred_mean": [f], "pred_std": [f], "raw_score": [f],
-        "attention": [int(meta["attnwatch.layers"]), int(meta["attnwatch.heads"]), int(meta["attnwatch.window"])],
+        "forecast_mean": [h, f], "forecast_std": [h, f],
+        "attention": [int(meta["attnwatch.layers"]), int(meta["attnwatch.heads"]), t],
+        "novelty": [2],
     }
     for out in model.graph.output:
         want = dims[out.name]
