@@ -1,5 +1,12 @@
-//! `cargo bench --bench pipeline`: throughput of the pure stages and of the
-//! model, medians over repeated runs (the machine is shared and noisy).
+//! `cargo bench --bench pipeline`: throughput of the model and of the pure
+//! stages, on one thread, medians over repeated runs (the machine is shared
+//! and noisy).
+//!
+//! - model: contexts forecast per second by inference batch size;
+//! - model stage: `worker::process_batch` (scoring against forecasts, runs
+//!   batched across series, calibration) on planner jobs of 256 warm
+//!   series, in scored points per second, at strides 8, 16, 32 and 64;
+//! - window stage and calibration alone, in points per second.
 //!
 //! Needs `ORT_DYLIB_PATH` (source scripts/lib.sh after scripts/setup).
 //! Optional: `ATTNWATCH_BENCH_MODEL` (default models/attnwatch-encoder.onnx).
@@ -9,8 +16,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use attnwatch::config::Config;
-use attnwatch::model::Engine;
-use attnwatch::score::Scorer;
+use attnwatch::flow::{Job, Token};
+use attnwatch::ingest::decode::{FeatureSet, Sample, Values};
+use attnwatch::ingest::stage::{MessageMeta, Planner};
+use attnwatch::metrics::Metrics;
+use attnwatch::model::{worker, Engine};
+use attnwatch::score::{Calibration, Scorer};
 use attnwatch::window::Windows;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -32,6 +43,45 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
+fn value(series: usize, t: usize) -> f32 {
+    let phase = series as f32 * 0.37;
+    10.0 + (t as f32 * std::f32::consts::TAU / 288.0 + phase).sin() * 3.0
+        + ((t * 7919 + series * 104_729) % 97) as f32 / 97.0
+}
+
+/// Planner jobs of `series` series x `points` points, time step by time
+/// step, and the number of them that are scored.
+fn jobs(c: &Config, engine: &Engine, stride: usize, series: usize, points: usize) -> Vec<Job> {
+    let contract = engine.contract();
+    let mut planner = Planner::new(
+        c.window
+            .settings(contract.window, contract.min_points, stride),
+        FeatureSet(None),
+        Metrics::new().unwrap(),
+    );
+    let meta = MessageMeta {
+        token: Token {
+            partition: 0,
+            offset: 0,
+            generation: 0,
+        },
+        kafka_ts_ms: None,
+    };
+    let mut out = Vec::new();
+    for t in 0..points {
+        for s in 0..series {
+            let sample = Sample {
+                series: format!("host-{s:04}/cpu"),
+                ts: 1_700_000_000_000 + t as i64 * 60_000,
+                values: Values::Single(value(s, t)),
+                labels: Default::default(),
+            };
+            out.extend(planner.place_sample(sample, meta, 0));
+        }
+    }
+    out
+}
+
 fn main() {
     let mut c = Config::from_toml_and_env("", std::env::vars()).unwrap();
     c.model.path = std::env::var_os("ATTNWATCH_BENCH_MODEL")
@@ -46,58 +96,100 @@ fn main() {
     let contract = engine.contract().clone();
     let w = contract.window;
     println!(
-        "model {} (W = {w}, layers {}, heads {}), provider {:?}, intra_threads {}",
+        "model {} (context {w}, patch {}, horizon {}, layers {}, heads {}, {:.2} MFLOP per run), provider {:?}, intra_threads {}",
         contract.id(),
+        contract.patch,
+        contract.horizon,
         contract.layers,
         contract.heads,
+        contract.flops_per_run as f64 / 1e6,
         engine.provider(),
         c.model.intra_threads
     );
 
-    // Model: windows per second by batch size (one session, one thread).
-    for batch in [1usize, 2, 4, 8, 16, 64] {
+    // Model: contexts per second by batch size (one session, one thread).
+    for batch in [1usize, 8, 32, 64, 128] {
         let input: Vec<f32> = (0..batch * w).map(|i| ((i % 97) as f32).sin()).collect();
-        let reps = if batch >= 64 { 15 } else { 50 };
+        let reps = if batch >= 64 { 15 } else { 40 };
         let secs = time(reps, || {
-            engine.infer(input.clone(), batch).unwrap();
+            engine.infer(&input, batch).unwrap();
         });
         println!(
-            "model  batch {batch:>4}: {:>9.0} windows/s  ({:.3} ms per call, median of {reps})",
+            "model  batch {batch:>4}: {:>9.0} runs/s  ({:.3} ms per call, median of {reps})",
             batch as f64 / secs,
             secs * 1e3
+        );
+    }
+
+    // Model stage: planner jobs of warm series through process_batch.
+    let (series, warm, measured) = (256usize, w + 64, 256usize);
+    for stride in [8usize, 16, 32, 64] {
+        if stride > contract.horizon {
+            continue;
+        }
+        let all = jobs(&c, &engine, stride, series, warm + measured);
+        let split = all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * 60_000);
+        let (warmup, timed) = all.split_at(split);
+        let scored = timed.iter().filter(|j| j.publishes()).count();
+        let runs: Vec<f64> = (0..5)
+            .map(|_| {
+                // State as the service has it: every series warm (untimed).
+                let mut scorer = Scorer::new(c.score.clone(), c.window.max_series);
+                let max_batch = c.model.max_batch;
+                worker::process_batch(&mut engine, &mut scorer, warmup.to_vec(), max_batch, None);
+                let batch = timed.to_vec();
+                let t = Instant::now();
+                let (out, stats) =
+                    worker::process_batch(&mut engine, &mut scorer, batch, max_batch, None);
+                let secs = t.elapsed().as_secs_f64();
+                assert_eq!(out.len(), scored);
+                assert_eq!(stats.unscored, 0);
+                secs
+            })
+            .collect();
+        let timed_secs = median(runs);
+        println!(
+            "model stage, stride {stride:>2}: {:>9.0} scored points/s ({series} warm series x {measured} points, max_batch {}, {:.1} us per point; {:.3} MFLOP per point; median of 5)",
+            scored as f64 / timed_secs,
+            c.model.max_batch,
+            timed_secs / scored as f64 * 1e6,
+            contract.flops_per_run as f64 / stride as f64 / 1e6
         );
     }
 
     // Window stage: points per second over 1000 series.
     let points = 200_000usize;
     let secs = time(7, || {
-        let mut win = Windows::new(c.window.settings(w, contract.min_points));
+        let mut win = Windows::new(c.window.settings(w, contract.min_points, c.model.stride));
         let mut n = 0usize;
         for i in 0..points {
             let key = format!("series-{}", i % 1000);
             let ts = (i / 1000) as i64 * 60_000;
             for e in win.push(&key, ts, i as f32, 0).unwrap_or_default() {
-                n += e.window.map_or(0, |x| x.values.len());
+                n += e.window.map_or(1, |x| x.values.len());
             }
         }
         assert!(n > 0);
     });
-    println!("window stage (grid, inferred interval): {:>9.0} points/s (W = {w}, 1000 series, median of 7)", points as f64 / secs);
+    println!(
+        "window stage (grid, inferred interval): {:>9.0} points/s (context {w}, stride {}, 1000 series, median of 7)",
+        points as f64 / secs,
+        c.model.stride
+    );
 
-    // Score stage: SPOT calibration per point (history full).
-    let mut scorer = Scorer::new(c.score.clone(), 1);
+    // Calibration alone: points per second (state warm).
+    let mut cal = Calibration::new();
     for i in 0..c.score.history * 2 {
-        scorer.score("s", (i % 17) as f64 * 0.3);
+        cal.score(((i % 17) as f64 - 8.0) * 0.3, &[], &c.score);
     }
-    let n = 20_000usize;
+    let n = 200_000usize;
     let secs = time(7, || {
         for i in 0..n {
-            scorer.score("s", (i % 17) as f64 * 0.3);
+            cal.score(((i % 17) as f64 - 8.0) * 0.3, &[], &c.score);
         }
     });
     println!(
-        "score (SPOT, history {}): {:>9.0} points/s (median of 7)",
-        c.score.history,
+        "calibration (point, run, shift channels): {:>9.0} points/s (median of 7)",
         n as f64 / secs
     );
 }

@@ -23,12 +23,12 @@ fn main() {
     let window: usize = std::env::var("ATTNWATCH_BENCH_WINDOW")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(384);
+        .unwrap_or(2048);
     let before = status_kib("VmHWM:");
     let started = Instant::now();
     let mut win = Windows::new(Settings {
         max_series: n,
-        ..Settings::for_model(window, 16)
+        ..Settings::for_model(window, 32)
     });
     for i in 0..n {
         win.push(&format!("host-{i:07}/cpu"), 1_700_000_000_000, i as f32, 0)
@@ -37,7 +37,7 @@ fn main() {
     let secs = started.elapsed().as_secs_f64();
     let after = status_kib("VmHWM:");
     println!(
-        "{} series x 1 point (W = {window}): {:.2} s ({:.0} points/s); peak RSS {} MiB (baseline {} MiB, +{} MiB = {} bytes per series); stage estimate {} MiB",
+        "{} series x 1 point (context {window}): {:.2} s ({:.0} points/s); peak RSS {} MiB (baseline {} MiB, +{} MiB = {} bytes per series); stage estimate {} MiB",
         win.series(),
         secs,
         n as f64 / secs,

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,8 @@ use crate::ingest::kafka::{self, IngestError, OffsetStore, Outputs};
 use crate::ingest::stage::Planner;
 use crate::metrics::Metrics;
 use crate::model::worker::{self, WorkerSettings};
-use crate::model::{Engine, ModelError};
-use crate::publish::{self, PublishSettings};
+use crate::model::{Engine, Forecaster, ModelError};
+use crate::publish::{self, PublishSettings, Publisher};
 use crate::score::Scorer;
 use crate::server::{self, Health};
 
@@ -107,7 +107,7 @@ impl App {
             for _ in 0..model_cfg.sessions {
                 let mut e = Engine::load(&model_cfg, &lib)?;
                 let c = e.contract();
-                e.infer(vec![0.0; c.window * c.f()], 1)?;
+                e.infer(&vec![0.0; c.window * c.f()], 1)?;
                 engines.push(e);
             }
             Ok(engines)
@@ -122,6 +122,12 @@ impl App {
             return Err(AppError::Unsupported(format!(
                 "model declares {} features; this build serves channel-independent (F = 1) models",
                 contract.f()
+            )));
+        }
+        if config.model.stride > contract.horizon {
+            return Err(AppError::Unsupported(format!(
+                "model.stride = {} exceeds the model's horizon {}: points after the horizon would have no forecast",
+                config.model.stride, contract.horizon
             )));
         }
         let provider = first.provider();
@@ -158,35 +164,36 @@ impl App {
         tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
 
         // Kafka clients.
-        let mut pc = kafka::client_config(&config.kafka);
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set(
-                "message.timeout.ms",
-                config.publish.delivery_timeout.as_millis().to_string(),
-            );
-        let producer: FutureProducer = pc.create().map_err(AppError::Producer)?;
         let (consumer, shared) = kafka::consumer(&config.kafka, metrics.clone())?;
         let store = Arc::new(OffsetStore::new(consumer.clone(), shared));
+        let publisher = Publisher::new(
+            &producer_config(&config),
+            &config.kafka.output_topic,
+            store.clone(),
+            metrics.clone(),
+        )
+        .map_err(AppError::Producer)?;
+        let producer = publisher.producer.clone();
 
         // Channels and stages.
         let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));
         let publisher = tokio::spawn(publish::run(
-            producer.clone(),
+            publisher,
             pub_rx,
             PublishSettings {
                 output_topic: config.kafka.output_topic.clone(),
                 dead_letter_topic: config.kafka.dead_letter_topic.clone(),
                 max_in_flight: config.publish.max_in_flight,
+                model_id: contract.id(),
+                publish: config.publish.clone(),
             },
             store.clone(),
             metrics.clone(),
         ));
         let settings = WorkerSettings {
             max_batch: config.model.max_batch,
+            max_jobs: (config.model.max_batch * config.model.stride).clamp(64, 8192),
             max_delay: config.model.max_delay,
-            publish: config.publish.clone(),
         };
         let mut job_txs = Vec::with_capacity(engines.len());
         let mut workers = Vec::with_capacity(engines.len());
@@ -201,12 +208,17 @@ impl App {
             );
             let handle = std::thread::Builder::new()
                 .name(format!("attnwatch-infer-{i}"))
-                .spawn(move || worker::run(engine, scorer, rx, out, s, m))
+                .spawn(move || {
+                    let model: Box<dyn Forecaster + Send> = Box::new(engine);
+                    worker::run(model, scorer, rx, out, s, m)
+                })
                 .map_err(|e| AppError::Internal(format!("spawning inference thread: {e}")))?;
             workers.push(handle);
         }
         let planner = Planner::new(
-            config.window.settings(contract.window, contract.min_points),
+            config
+                .window
+                .settings(contract.window, contract.min_points, config.model.stride),
             FeatureSet(None),
             metrics.clone(),
         );
@@ -277,6 +289,33 @@ impl App {
             task,
         })
     }
+}
+
+/// librdkafka settings of the output producer: idempotent (no duplicates
+/// from its own retries), acknowledged by all in-sync replicas, batched for
+/// throughput (`linger.ms` 5, up to 10,000 messages or 1 MiB per batch, lz4
+/// compression), with a local queue large enough for `publish.max_in_flight`.
+/// `[kafka.options]` apply last, so an operator can override any of them.
+pub fn producer_config(config: &Config) -> rdkafka::ClientConfig {
+    let mut pc = kafka::client_config(&config.kafka);
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1048576")
+        .set("compression.type", "lz4")
+        .set(
+            "queue.buffering.max.messages",
+            config.publish.max_in_flight.max(100_000).to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            config.publish.delivery_timeout.as_millis().to_string(),
+        );
+    for (k, v) in &config.kafka.options {
+        pc.set(k, v);
+    }
+    pc
 }
 
 /// Start the service and run it until `shutdown` is cancelled and drained.

@@ -137,8 +137,9 @@ pub struct WindowConfig {
 }
 
 impl WindowConfig {
-    /// Window-stage settings for a model with window `w` and `min_points`.
-    pub fn settings(&self, w: usize, min_points: usize) -> crate::window::Settings {
+    /// Window-stage settings for a model with context `w` and `min_points`,
+    /// run every `stride` values.
+    pub fn settings(&self, w: usize, min_points: usize, stride: usize) -> crate::window::Settings {
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         crate::window::Settings {
             interval_ms: self.interval.map(ms),
@@ -149,6 +150,7 @@ impl WindowConfig {
             lateness_ms: ms(self.allowed_lateness),
             max_series: self.max_series,
             idle_ttl_ms: ms(self.idle_ttl),
+            stride: stride.max(1),
             ..crate::window::Settings::for_model(w, min_points)
         }
     }
@@ -199,8 +201,15 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: usize,
-    /// Largest number of windows in one inference call. On CPU the W = 384
-    /// model is fastest at 1-2 (docs/BENCHMARKS.md); raise it on a GPU.
+    /// Run the model once per `stride` grid values of a series (1 up to the
+    /// model's horizon H). Each run forecasts the next H values; every
+    /// value is scored at once against the newest forecast that covers it.
+    /// Smaller strides cost more (one run per `stride` points) and score
+    /// against fresher forecasts (docs/BENCHMARKS.md has the trade-off).
+    #[serde(default = "default_stride")]
+    pub stride: usize,
+    /// Largest number of contexts in one inference call (runs of many
+    /// series are batched together).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait for a batch to fill once its first window arrived.
@@ -221,30 +230,45 @@ pub struct ScoreConfig {
     /// Scored points per series before any alert (probation).
     #[serde(default = "default_probation")]
     pub probation: usize,
-    /// Number of recent raw scores kept per series for calibration.
+    /// Memory of the calibration, in points: its running means are plain
+    /// means over the first `history` points and exponential means with
+    /// this span after.
     #[serde(default = "default_history")]
     pub history: usize,
-    /// SPOT risk: the probability, per point, that a normal point exceeds
-    /// the raw threshold (lower = fewer alerts).
+    /// Tail probability, per point and series, of a score of 1.0: the
+    /// chance that a normal point alerts (lower = fewer alerts).
     #[serde(default = "default_risk")]
     pub risk: f64,
-    /// Quantile of the history above which excesses are fitted (SPOT's `t`).
-    #[serde(default = "default_tail_quantile")]
-    pub tail_quantile: f64,
-    /// Lowest raw score that can ever be anomalous (the model's z-score).
-    #[serde(default = "default_min_raw")]
-    pub min_raw_threshold: f64,
     /// Points after an alert during which the series raises no new alert
     /// (one level shift fires once).
     #[serde(default = "default_cooldown")]
     pub cooldown: usize,
-    /// Points in the run channel (median of the last `run_points` raw
-    /// scores, for sustained moderate surprise); 0 turns it off.
+    /// Points in the run and shift channels (sustained surprise, level
+    /// shifts).
     #[serde(default = "default_run_points")]
     pub run_points: usize,
-    /// Lowest run-channel (median raw) score that can ever be anomalous.
-    #[serde(default = "default_run_min_raw")]
-    pub run_min_raw_threshold: f64,
+    /// The calibration channels that can raise the score: `point` (one
+    /// surprising value), `run` (sustained surprise over `run_points`),
+    /// `shift` (a consistent shift over `run_points`), `novelty` (a pattern
+    /// unlike anything in the series' context).
+    #[serde(default = "default_channels")]
+    pub channels: Vec<Channel>,
+}
+
+/// A calibration channel (see the `score` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// One surprising value.
+    Point,
+    /// Sustained surprise over the last `run_points` values.
+    Run,
+    /// A consistent shift of the last `run_points` values.
+    Shift,
+    /// The model's novelty of the newest pattern against the series' own
+    /// context (models with a `novelty` output; on the first value after
+    /// each run).
+    Novelty,
 }
 
 /// How much attention detail is published.
@@ -347,8 +371,11 @@ fn default_sessions() -> usize {
 fn default_intra_threads() -> usize {
     1
 }
+fn default_stride() -> usize {
+    32
+}
 fn default_max_batch() -> usize {
-    2
+    64
 }
 fn default_max_delay() -> Duration {
     Duration::from_millis(5)
@@ -366,10 +393,7 @@ fn default_history() -> usize {
     2000
 }
 fn default_risk() -> f64 {
-    1e-3
-}
-fn default_tail_quantile() -> f64 {
-    0.98
+    1e-4
 }
 fn default_cooldown() -> usize {
     64
@@ -377,11 +401,13 @@ fn default_cooldown() -> usize {
 fn default_run_points() -> usize {
     12
 }
-fn default_run_min_raw() -> f64 {
-    1.5
-}
-fn default_min_raw() -> f64 {
-    3.0
+fn default_channels() -> Vec<Channel> {
+    vec![
+        Channel::Point,
+        Channel::Run,
+        Channel::Shift,
+        Channel::Novelty,
+    ]
 }
 fn default_attention() -> AttentionDetail {
     AttentionDetail::TopK
@@ -509,6 +535,9 @@ impl Config {
         if m.intra_threads == 0 {
             problems.push("model.intra_threads must be >= 1".into());
         }
+        if m.stride == 0 {
+            problems.push("model.stride must be >= 1 (and <= the model's horizon)".into());
+        }
         if m.max_batch == 0 || m.max_batch > 65_536 {
             problems.push("model.max_batch must be in 1..=65536".into());
         }
@@ -525,17 +554,11 @@ impl Config {
         if !(s.risk > 0.0 && s.risk < 0.5) {
             problems.push("score.risk must be in (0, 0.5)".into());
         }
-        if !(s.tail_quantile > 0.5 && s.tail_quantile < 1.0) {
-            problems.push("score.tail_quantile must be in (0.5, 1)".into());
+        if s.run_points == 0 || s.run_points > 1024 {
+            problems.push("score.run_points must be in 1..=1024".into());
         }
-        if !(s.min_raw_threshold.is_finite() && s.min_raw_threshold > 0.0) {
-            problems.push("score.min_raw_threshold must be a positive number".into());
-        }
-        if !(s.run_min_raw_threshold.is_finite() && s.run_min_raw_threshold > 0.0) {
-            problems.push("score.run_min_raw_threshold must be a positive number".into());
-        }
-        if s.run_points > s.history {
-            problems.push("score.run_points must be <= score.history".into());
+        if s.channels.is_empty() {
+            problems.push("score.channels must name at least one channel".into());
         }
         let p = &self.publish;
         if p.attention == AttentionDetail::TopK && p.top_k == 0 {

@@ -16,6 +16,7 @@ pub mod app;
 pub mod backtest;
 pub mod config;
 pub mod eval;
+pub mod flow;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

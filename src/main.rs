@@ -114,6 +114,47 @@ enum Command {
         #[arg(long)]
         progress_file: Option<PathBuf>,
     },
+    /// Produce a synthetic load into a topic (benchmarks, soak tests): N
+    /// series x M points, daily-like sines with noise, injected spikes and
+    /// malformed records at the given rates.
+    Loadgen {
+        /// Target topic (created with --partitions if missing).
+        #[arg(long)]
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// Number of series.
+        #[arg(long, default_value_t = 100)]
+        series: usize,
+        /// Points per series.
+        #[arg(long, default_value_t = 1000)]
+        points: usize,
+        /// Grid interval of the points.
+        #[arg(long, default_value = "1m", value_parser = humantime_duration)]
+        interval: Duration,
+        /// Partitions of the topic when it is created.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// Points per message (more than 1: a JSON array).
+        #[arg(long, default_value_t = 1)]
+        per_message: usize,
+        /// Share of points with an injected spike anomaly.
+        #[arg(long, default_value_t = 0.001)]
+        anomaly_rate: f64,
+        /// Share of records that are malformed.
+        #[arg(long, default_value_t = 0.0)]
+        bad_rate: f64,
+        /// Offered load in points per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Timestamp of the first point (epoch ms; default: now minus the series' span).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Read an output topic and print a summary of scores and anomalies.
     Summarize {
         /// Output topic.
@@ -151,11 +192,18 @@ enum EvalCommand {
         /// Only files whose category/name contains one of these strings.
         #[arg(long)]
         only: Vec<String>,
-        /// Also score a rolling z-score baseline with this window length
-        /// (repeatable; reported as baseline_zscore_w<N>). The default
-        /// baseline uses the model's window.
+        /// Rolling z-score baseline window length (repeatable; reported as
+        /// baseline_zscore_w<N>). Default: 384, the fixed yardstick.
         #[arg(long, value_parser = clap::value_parser!(u32).range(2..=65536))]
         baseline_window: Vec<u32>,
+        /// Model stride to evaluate (repeatable: the first is reported as
+        /// `attnwatch`, the others as attnwatch_stride<S>). Default: model.stride.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        stride: Vec<u32>,
+        /// Also run the calibration ablations (subsets of the channels) of
+        /// the baseline and the model.
+        #[arg(long)]
+        ablation: bool,
     },
 }
 
@@ -242,6 +290,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     config,
                     only,
                     baseline_window,
+                    stride,
+                    ablation,
                 },
         } => {
             let (c, mut engine) = config_and_engine(config)?;
@@ -251,9 +301,25 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "no NAB files found under {}",
                 data.display()
             );
+            let mut baseline_windows: Vec<usize> =
+                baseline_window.into_iter().map(|w| w as usize).collect();
+            if baseline_windows.is_empty() {
+                baseline_windows.push(384);
+            }
+            let mut strides: Vec<usize> = stride.into_iter().map(|s| s as usize).collect();
+            if strides.is_empty() {
+                strides.push(c.model.stride);
+            }
+            let horizon = engine.contract().horizon;
+            anyhow::ensure!(
+                strides.iter().all(|s| *s <= horizon),
+                "strides must be at most the model's horizon ({horizon})"
+            );
             let options = attnwatch::eval::Options {
                 batch: c.model.max_batch,
-                baseline_windows: baseline_window.into_iter().map(|w| w as usize).collect(),
+                baseline_windows,
+                strides,
+                ablation,
             };
             let reports =
                 attnwatch::eval::run(&files, &mut engine, &c.window, &c.score, &options, &out)?;
@@ -328,6 +394,64 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     s.series
                 );
             }
+            Ok(())
+        }
+        Command::Loadgen {
+            topic,
+            brokers,
+            series,
+            points,
+            interval,
+            partitions,
+            per_message,
+            anomaly_rate,
+            bad_rate,
+            rate,
+            start_ms,
+            seed,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&anomaly_rate) && (0.0..=1.0).contains(&bad_rate),
+                "--anomaly-rate and --bad-rate must be in [0, 1]"
+            );
+            anyhow::ensure!(
+                series > 0 && points > 0,
+                "--series and --points must be positive"
+            );
+            let interval_ms = i64::try_from(interval.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let start_ms = start_ms.unwrap_or_else(|| {
+                chrono::Utc::now().timestamp_millis() - interval_ms * points as i64
+            });
+            let spec = attnwatch::tools::loadgen::LoadSpec {
+                brokers,
+                topic,
+                partitions,
+                series,
+                points,
+                interval_ms,
+                start_ms,
+                per_message,
+                anomaly_rate,
+                bad_rate,
+                rate,
+                seed,
+            };
+            let total = (series * points).div_ceil(per_message.max(1));
+            let r = rt.block_on(attnwatch::tools::loadgen::run(&spec, |sent| {
+                eprintln!("loadgen: {sent} of about {total} messages sent");
+            }))?;
+            println!(
+                "produced {} messages ({} points, {} bad records, {} injected anomalies) to {} in {:.2} s: {:.0} points/s",
+                r.messages,
+                r.points,
+                r.bad,
+                r.anomalies,
+                spec.topic,
+                r.seconds,
+                r.points as f64 / r.seconds.max(1e-9)
+            );
             Ok(())
         }
         Command::Summarize {

@@ -7,8 +7,8 @@
 //! which both logs and counts, so the two cannot drift apart.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::ingest::decode::Reason;
@@ -36,11 +36,13 @@ pub const WINDOW_RESETS: &str = "attnwatch_window_resets_total";
 /// Series evicted, by reason (`lru`, `idle` from the window stage;
 /// `calibration_lru` from a scorer shard over `window.max_series`).
 pub const SERIES_EVICTED: &str = "attnwatch_series_evicted_total";
-/// Windows scored by the model.
-pub const WINDOWS_SCORED: &str = "attnwatch_windows_scored_total";
+/// Values scored against a forecast (published points, per feature).
+pub const POINTS_SCORED: &str = "attnwatch_points_scored_total";
+/// Model runs: contexts forecast (one per `model.stride` values of a series).
+pub const MODEL_RUNS: &str = "attnwatch_model_runs_total";
 /// Points flagged anomalous.
 pub const ANOMALIES: &str = "attnwatch_anomalies_total";
-/// Windows per inference call.
+/// Contexts per inference call.
 pub const INFERENCE_BATCH_SIZE: &str = "attnwatch_inference_batch_size";
 /// Duration of one inference call.
 pub const INFERENCE_LATENCY: &str = "attnwatch_inference_latency_seconds";
@@ -58,6 +60,10 @@ pub const MODEL_INFO: &str = "attnwatch_model_info";
 pub const READY: &str = "attnwatch_ready";
 /// 1 when the execution provider in use is not the one configured.
 pub const MODEL_FALLBACK: &str = "attnwatch_model_fallback";
+/// Busy time of each stage on its own threads, by `stage`: `ingest`
+/// (decode, window, run schedule), `model` (inference calls), `score`
+/// (forecast surprise, calibration, batching), `encode` (output JSON).
+pub const STAGE_BUSY: &str = "attnwatch_stage_busy_seconds_total";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
 pub const ERRORS: &str = "attnwatch_errors_total";
 
@@ -88,8 +94,10 @@ pub struct Metrics {
     pub window_resets: IntCounter,
     /// [`SERIES_EVICTED`], label `reason`.
     pub series_evicted: IntCounterVec,
-    /// [`WINDOWS_SCORED`].
-    pub windows_scored: IntCounter,
+    /// [`POINTS_SCORED`].
+    pub points_scored: IntCounter,
+    /// [`MODEL_RUNS`].
+    pub model_runs: IntCounter,
     /// [`ANOMALIES`].
     pub anomalies: IntCounter,
     /// [`INFERENCE_BATCH_SIZE`].
@@ -108,11 +116,16 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     /// [`ERRORS`], label `kind`.
     pub errors: IntCounterVec,
+    /// [`STAGE_BUSY`], label `stage`.
+    pub stage_busy: CounterVec,
     /// [`READY`].
     pub ready: IntGauge,
     /// [`MODEL_FALLBACK`].
     pub model_fallback: IntGauge,
 }
+
+/// Stages timed under [`STAGE_BUSY`].
+pub const STAGES: [&str; 4] = ["ingest", "model", "score", "encode"];
 
 /// Error kinds counted under [`ERRORS`].
 pub const ERROR_KINDS: [&str; 6] = [
@@ -227,11 +240,15 @@ impl Metrics {
                 "Series evicted, by reason (lru, idle, calibration_lru).",
                 "reason",
             )?,
-            windows_scored: counter(WINDOWS_SCORED, "Windows scored by the model.")?,
+            points_scored: counter(
+                POINTS_SCORED,
+                "Values scored against a forecast (per feature, rebuilds included).",
+            )?,
+            model_runs: counter(MODEL_RUNS, "Model runs (contexts forecast).")?,
             anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
             batch_size: histogram(
                 INFERENCE_BATCH_SIZE,
-                "Windows per inference call.",
+                "Contexts per inference call.",
                 prometheus::exponential_buckets(1.0, 2.0, 12)?,
             )?,
             inference_latency: histogram(
@@ -248,6 +265,14 @@ impl Metrics {
             )?,
             model_info,
             errors: counter_vec(ERRORS, "Errors by kind.", "kind")?,
+            stage_busy: {
+                let c = CounterVec::new(
+                    Opts::new(STAGE_BUSY, "Busy seconds of each stage."),
+                    &["stage"],
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             ready: gauge(
                 READY,
                 "1 when ready (model warm, partitions assigned, not draining).",
@@ -258,16 +283,24 @@ impl Metrics {
             )?,
             registry,
         };
-        for reason in Reason::ALL_CODES {
+        for reason in Reason::ALL_CODES.iter().chain(&["no_forecast"]) {
             m.dead_lettered.with_label_values(&[reason]);
         }
-        for reason in ["lru", "idle"] {
+        for reason in ["lru", "idle", "calibration_lru"] {
             m.series_evicted.with_label_values(&[reason]);
         }
         for kind in ERROR_KINDS {
             m.errors.with_label_values(&[kind]);
         }
+        for stage in STAGES {
+            m.stage_busy.with_label_values(&[stage]);
+        }
         Ok(m)
+    }
+
+    /// Add `seconds` of busy time to `stage` (one of [`STAGES`]).
+    pub fn busy(&self, stage: &'static str, seconds: f64) {
+        self.stage_busy.with_label_values(&[stage]).inc_by(seconds);
     }
 
     /// Log an error event and count it under `kind` (one of [`ERROR_KINDS`]).
@@ -307,7 +340,8 @@ mod tests {
             RECORDS_PUBLISHED,
             RECORDS_DEAD_LETTERED,
             RECORDS_LATE,
-            WINDOWS_SCORED,
+            POINTS_SCORED,
+            MODEL_RUNS,
             ANOMALIES,
             INFERENCE_BATCH_SIZE,
             INFERENCE_LATENCY,

@@ -28,14 +28,28 @@ fn eval_nab_on_two_files_writes_nab_result_files() {
     let out = std::env::temp_dir().join(common::unique("eval-nab"));
     let options = eval::Options {
         batch: c.model.max_batch,
-        baseline_windows: vec![64],
+        baseline_windows: vec![384, 64],
+        strides: vec![32, 64],
+        ablation: false,
     };
     let reports = eval::run(&files, &mut engine, &c.window, &c.score, &options, &out).unwrap();
     let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["baseline_zscore", "baseline_zscore_w64", "attnwatch"]
+        [
+            "baseline_zscore_w384",
+            "baseline_zscore_w64",
+            "attnwatch",
+            "attnwatch_stride64"
+        ]
     );
+    // Model cost per point follows the stride.
+    assert!(reports[2].flops_per_point > 0.0);
+    assert!((reports[2].flops_per_point / reports[3].flops_per_point - 2.0).abs() < 1e-9);
+    // Both categories are reported, with their windows.
+    let cats = &reports[2].categories;
+    assert_eq!(cats["artificialWithAnomaly"].windows, 1);
+    assert_eq!(cats["realTraffic"].windows, 4);
     for r in &reports {
         for (profile, (score, _)) in &r.oracle {
             assert!(

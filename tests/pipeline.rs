@@ -22,7 +22,8 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
     let app = App::start(cfg, shutdown.clone()).await.unwrap();
 
     let contract = contract();
-    let (w, first) = (contract.window, contract.min_points - 1);
+    // The first run is due on the min_points-th value; scoring starts after it.
+    let (w, first) = (contract.window, contract.min_points);
     let n = w + 240;
     let spike = w + 180;
     let points = series(n, spike, 1);
@@ -73,7 +74,7 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
         assert!(v["model"]
             .as_str()
             .unwrap()
-            .starts_with("attnwatch-encoder@"));
+            .starts_with("attnwatch-forecaster@"));
         if score > best.0 {
             best = (score, *ts);
         }
@@ -87,13 +88,18 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
                 .iter()
                 .map(|x| x.as_f64().unwrap())
                 .collect();
-            assert_eq!(row.len(), w);
+            assert_eq!(row.len(), contract.tokens());
             assert!(row.iter().all(|x| *x >= 0.0));
             // Mean over heads of rows that each sum to 1.
             assert!((row.iter().sum::<f64>() - 1.0).abs() <= 1e-4);
         }
-        assert_eq!(att["ts"].as_array().unwrap().len(), w);
-        assert_eq!(att["ts"][w - 1].as_i64().unwrap(), *ts);
+        // Token time ranges: the newest token ends before the scored point
+        // (its forecast was made from a context that ended before it).
+        let tokens = att["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), contract.tokens());
+        let newest = tokens[tokens.len() - 1].as_array().unwrap();
+        let (start, end) = (newest[0].as_i64().unwrap(), newest[1].as_i64().unwrap());
+        assert!(start <= end && end < *ts, "{start} {end} {ts}");
     }
     assert_eq!(
         best.1, points[spike].0,
@@ -151,7 +157,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_good_ones_are_scored(
             br#"{"series":"s","ts":-1,"value":1}"#,
         ),
     ];
-    let first = contract().min_points - 1;
+    let first = contract().min_points;
     let n = first + 100;
     let points = series(n, usize::MAX, 2);
     let p = producer();
@@ -224,8 +230,8 @@ async fn restart_mid_stream_loses_nothing() {
     let names = Names::new("restart");
     create_topics(&names, 2).await;
     let contract = contract();
-    let first = contract.min_points - 1;
-    let n = contract.window + 400;
+    let first = contract.min_points;
+    let n = contract.min_points + 600;
     let series_ids = ["a", "b", "c"];
     let p = producer();
     let mut want = HashSet::new();

@@ -17,13 +17,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polars::prelude::{Column, DataFrame};
 
 use crate::config::Config;
+use crate::flow::{Outgoing, ScoredPoint, Token};
 use crate::ingest::decode::{Sample, Values};
-use crate::ingest::offsets::Token;
 use crate::ingest::stage::{MessageMeta, Planner};
 use crate::metrics::Metrics;
-use crate::model::worker::{self, Job};
-use crate::model::{Engine, ModelError};
-use crate::publish::encode::{self, ScoredPoint};
+use crate::model::worker;
+use crate::model::{Forecaster, ModelError};
+use crate::publish::encode;
 use crate::score::Scorer;
 pub use files::{Columns, FileError, SeriesData};
 
@@ -71,18 +71,23 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Score every series of `data` in time order through the service's stages.
+/// Score every series of `data` in time order through the service's stages:
+/// the planner (window stage and run schedule), [`worker::process_batch`]
+/// (forecasts and calibration) and the publish stage's encoding. Points
+/// that cannot be scored (no forecast) are counted in `unscored`.
 pub fn score_series(
     config: &Config,
-    engine: &mut Engine,
+    model: &mut dyn Forecaster,
     data: &[SeriesData],
     progress: &ProgressBar,
 ) -> Result<Vec<Scored>, BacktestError> {
-    let contract = engine.contract().clone();
+    let contract = model.contract().clone();
     let model_id = contract.id();
     let metrics = Metrics::new()?;
     let mut planner = Planner::new(
-        config.window.settings(contract.window, contract.min_points),
+        config
+            .window
+            .settings(contract.window, contract.min_points, config.model.stride),
         crate::ingest::decode::FeatureSet(None),
         metrics,
     );
@@ -97,7 +102,7 @@ pub fn score_series(
     };
     let mut out = Vec::new();
     for s in data {
-        let mut jobs: Vec<Job> = Vec::new();
+        let mut jobs = Vec::new();
         for (ts, v) in s.ts.iter().zip(&s.values) {
             let sample = Sample {
                 series: s.series.clone(),
@@ -108,17 +113,11 @@ pub fn score_series(
             jobs.extend(planner.place_sample(sample, meta, *ts));
         }
         jobs.extend(planner.flush(&s.series, meta));
-        // Same batch limit as the service (the CPU optimum is small; see docs/BENCHMARKS.md).
-        for chunk in jobs.chunks(config.model.max_batch.max(1)) {
-            let points = worker::process_batch(engine, &mut scorer, chunk, None)?;
-            for (job, point) in chunk.iter().zip(points) {
-                let msg = encode::score_message(
-                    job.clone(),
-                    point.clone(),
-                    &model_id,
-                    &contract,
-                    &config.publish,
-                )?;
+        let (items, _) =
+            worker::process_batch(model, &mut scorer, jobs, config.model.max_batch, None);
+        for item in items {
+            if let Outgoing::Point(point) = item {
+                let msg = encode::score_message(&point, &model_id, &config.publish)?;
                 out.push(Scored {
                     record: serde_json::from_slice(&msg.payload)?,
                     point,
@@ -164,6 +163,7 @@ pub fn to_frame(scored: &[Scored]) -> Result<DataFrame, BacktestError> {
                 .collect::<Vec<_>>(),
         ),
         Column::new("raw_score".into(), f("raw_score")),
+        Column::new("channels".into(), text("channels")),
         Column::new("expected".into(), f("expected")),
         Column::new("expected_std".into(), f("expected_std")),
         Column::new("model".into(), text("model")),
@@ -206,7 +206,7 @@ pub struct ScoreFile {
 /// Read, score and write one file; draw the plot if asked.
 pub fn run(
     config: &Config,
-    engine: &mut Engine,
+    model: &mut dyn Forecaster,
     opts: &ScoreFile,
 ) -> Result<Summary, BacktestError> {
     let default_series = opts
@@ -231,7 +231,7 @@ pub fn run(
                 bar.set_draw_target(ProgressDrawTarget::stderr());
             }
         });
-        let result = score_series(config, engine, &data, &bar);
+        let result = score_series(config, model, &data, &bar);
         bar.finish_and_clear();
         let _ = reveal.join();
         result

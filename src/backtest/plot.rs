@@ -1,6 +1,6 @@
 //! `--plot out.png`: the series with its anomalies, the score against the
 //! threshold beneath it, and an attention strip for the top anomaly showing
-//! which past points the model looked at. 1200 x 800 pixels.
+//! which context time ranges its forecast looked at. 1200 x 800 pixels.
 
 use std::path::Path;
 
@@ -8,8 +8,6 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use super::{Scored, SeriesData};
-use crate::publish::encode::per_layer;
-use crate::window::MISSING_TS;
 
 /// Picture size in pixels.
 pub const SIZE: (u32, u32) = (1200, 800);
@@ -76,21 +74,29 @@ pub fn draw(path: &Path, data: &[SeriesData], scored: &[Scored]) -> Result<(), S
     let (upper, rest) = root.split_vertically(380);
     let (middle, lower) = rest.split_vertically(240);
 
-    // 1. The series, anomalies marked, the top anomaly's window shaded.
+    // 1. The series, anomalies marked, the top anomaly's context shaded.
     let driver = top.point.driver().ok_or("top point without features")?;
-    let present: Vec<i64> = driver
-        .window_ts
-        .iter()
-        .copied()
-        .filter(|t| *t != MISSING_TS)
+    let ex = &driver.explanation;
+    let ranges: Vec<(i64, i64, f64)> = (0..ex.tokens())
+        .filter(|k| ex.token_present(*k))
+        .map(|k| {
+            let (a, b) = ex.token_range(k);
+            let m = (0..ex.layers)
+                .map(|l| f64::from(ex.layer(l)[k]))
+                .sum::<f64>()
+                / ex.layers.max(1) as f64;
+            (a, b + ex.interval, m)
+        })
         .collect();
     let (w0, w1) = (
-        *present.first().unwrap_or(&t0),
-        *present.last().unwrap_or(&t1),
+        ranges.first().map_or(t0, |r| r.0),
+        ranges.last().map_or(t1, |r| r.1),
     );
     let mut chart = ChartBuilder::on(&upper)
         .caption(
-            format!("{name}: values, anomalies (red), window of the top anomaly (blue)"),
+            format!(
+                "{name}: values, anomalies (red), context of the top anomaly's forecast (blue)"
+            ),
             ("sans-serif", 20),
         )
         .margin(10)
@@ -166,27 +172,12 @@ pub fn draw(path: &Path, data: &[SeriesData], scored: &[Scored]) -> Result<(), S
         ))
         .map_err(e)?;
 
-    // 3. Attention of the top anomaly over its window.
-    let layers = per_layer(
-        &driver.attention,
-        driver.layers,
-        driver.heads,
-        driver.window_ts.len(),
-    );
-    let w = driver.window_ts.len();
-    let mean: Vec<f64> = (0..w)
-        .map(|i| layers.iter().map(|r| f64::from(r[i])).sum::<f64>() / layers.len().max(1) as f64)
-        .collect();
-    let peak = mean.iter().copied().fold(1e-12, f64::max);
-    let step = if present.len() > 1 {
-        (w1 - w0) / (present.len() as i64 - 1)
-    } else {
-        1
-    };
+    // 3. Attention of the top anomaly's forecast over its context tokens.
+    let peak = ranges.iter().map(|r| r.2).fold(1e-12, f64::max);
     let mut chart = ChartBuilder::on(&lower)
         .caption(
             format!(
-                "attention of the top anomaly ({}, score {:.2}): darker = looked at more",
+                "attention of the top anomaly's forecast ({}, score {:.2}): darker = looked at more",
                 when(top.record["ts"].as_i64().unwrap_or(0)),
                 score(top)
             ),
@@ -195,7 +186,7 @@ pub fn draw(path: &Path, data: &[SeriesData], scored: &[Scored]) -> Result<(), S
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(w0..(w1 + step), 0.0..1.0)
+        .build_cartesian_2d(w0..w1.max(w0 + 1), 0.0..1.0)
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -206,18 +197,11 @@ pub fn draw(path: &Path, data: &[SeriesData], scored: &[Scored]) -> Result<(), S
         .draw()
         .map_err(e)?;
     chart
-        .draw_series(
-            driver
-                .window_ts
-                .iter()
-                .zip(&mean)
-                .filter(|(t, _)| **t != MISSING_TS)
-                .map(|(t, m)| {
-                    let shade = 1.0 - (m / peak).clamp(0.0, 1.0);
-                    let c = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
-                    Rectangle::new([(*t, 0.0), (*t + step, 1.0)], c.filled())
-                }),
-        )
+        .draw_series(ranges.iter().map(|(a, b, m)| {
+            let shade = 1.0 - (m / peak).clamp(0.0, 1.0);
+            let c = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
+            Rectangle::new([(*a, 0.0), (*b, 1.0)], c.filled())
+        }))
         .map_err(e)?;
     root.present().map_err(e)?;
     Ok(())

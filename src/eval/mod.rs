@@ -1,17 +1,18 @@
 //! `attnwatch eval nab`: detection quality on NAB-format data.
 //!
 //! Drives the service's own stages over each file in time order, with no
-//! look-ahead: [`Windows`] (the window stage), the [`Engine`] (the model) or
-//! the rolling z-score baseline, and the [`Scorer`] (calibration and online
-//! threshold). Every window only holds points up to the one it scores, so
-//! batching the windows of a file through the model is still causal; the
-//! scorer then runs point by point in time order.
+//! look-ahead: the [`Planner`] (window stage and run schedule), then
+//! [`worker::process_batch`] (the model's forecasts, or the rolling z-score
+//! baseline's, and the calibration with its online threshold). That is the
+//! code path of the inference threads and of `attnwatch score`.
 //!
-//! Writes NAB-format result files and a summary table with the oracle
-//! (best single threshold swept over the corpus) and the online (the
-//! service's own anomaly flag) figures, kept apart.
+//! Writes NAB-format result files, and a summary with the oracle (best
+//! single threshold swept over the corpus) and the online (the service's
+//! own anomaly flag) figures, kept apart, for the corpus and per category.
 
+pub mod baseline;
 pub mod nab;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,11 +20,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::config::{ScoreConfig, WindowConfig};
-use crate::model::{Engine, ModelError};
+use crate::flow::{Outgoing, Token};
+use crate::ingest::decode::{FeatureSet, Sample, Values};
+use crate::ingest::stage::{MessageMeta, Planner};
+use crate::metrics::Metrics;
+use crate::model::worker;
+use crate::model::{Forecaster, ModelError};
 use crate::score::Scorer;
 use crate::tools::replay::{self, ReplayError};
-use crate::window::{Settings, Windows};
-use nab::{LabeledFile, PROFILES};
+pub use baseline::RollingZ;
+use nab::LabeledFile;
+pub use report::{render, DetectorReport};
 
 /// Errors of the evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,9 @@ pub enum EvalError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Metrics registry.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
@@ -120,126 +130,243 @@ pub fn load_corpus(dir: &Path, only: &[String]) -> Result<Vec<NabFile>, EvalErro
     Ok(files)
 }
 
-/// What produces the raw score of a window.
-pub enum Detector<'a> {
-    /// The attention model.
-    Model(&'a mut Engine),
-    /// Rolling z-score of the newest point against the rest of the window
-    /// (NAB's "windowed Gaussian"), with the model's normalisation floor.
-    RollingZ,
-}
-
 /// Per-row outputs of one detector on one file.
 #[derive(Debug, Clone, Default)]
 pub struct FileResult {
-    /// Continuous score in [0, 1) per row (0 before the first full window).
+    /// Continuous score in [0, 1) per row (0 before the first scored point).
     pub unit: Vec<f64>,
     /// The online anomaly flag per row.
     pub flag: Vec<bool>,
 }
 
-/// Rolling z-score of the last point of `w` against the others.
-pub fn rolling_z(w: &[f32]) -> f64 {
-    let (ctx, last) = w.split_at(w.len() - 1);
-    let ctx: Vec<f64> = ctx
-        .iter()
-        .filter(|x| !x.is_nan())
-        .map(|x| f64::from(*x))
-        .collect();
-    let n = ctx.len().max(1) as f64;
-    let mean = ctx.iter().sum::<f64>() / n;
-    let var = ctx.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-    let floor = 1e-3 * mean.abs() + 1e-6;
-    let scale = (var + floor * floor).sqrt();
-    (f64::from(last[0]) - mean).abs() / scale
+/// How one detector runs: its forecaster and the service settings it
+/// runs with.
+pub struct Detector<'a> {
+    /// Result directory name.
+    pub name: String,
+    /// The model, or a baseline.
+    pub model: &'a mut dyn Forecaster,
+    /// One run per `stride` values.
+    pub stride: usize,
+    /// Calibration settings.
+    pub score: ScoreConfig,
 }
 
-/// Run one file through window -> detector -> scorer, in time order.
+/// Run one file through planner -> forecasts -> calibration, in time order.
 ///
 /// The window stage puts the file on its grid; each grid point's score is
 /// attributed to the last row of its bucket (the row at which all of the
 /// bucket's data had arrived), so no row's result uses later rows. Other
-/// rows of a shared bucket, and rows before the first window, get 0.
-///
-/// `batch` is the number of windows per inference call (the service's
-/// `model.max_batch`): attention memory grows with batch x W^2, and on a
-/// CPU small batches are fastest.
+/// rows of a shared bucket, and rows before the first scored point, get 0.
 pub fn run_file(
     file: &NabFile,
-    window: &Settings,
+    window: &WindowConfig,
     detector: &mut Detector<'_>,
-    score: &ScoreConfig,
-    batch: usize,
+    max_batch: usize,
 ) -> Result<FileResult, EvalError> {
-    let mut windows = Windows::new(window.clone());
+    let c = detector.model.contract().clone();
+    let settings = window.settings(c.window, c.min_points, detector.stride);
+    let mut planner = Planner::new(settings, FeatureSet(None), Metrics::new()?);
     let key = format!("{}/{}", file.category, file.name);
-    let mut emitted = Vec::new();
+    let meta = MessageMeta {
+        token: Token {
+            partition: -1,
+            offset: -1,
+            generation: 0,
+        },
+        kafka_ts_ms: None,
+    };
+    let mut jobs = Vec::new();
     for (ts, v) in file.ts.iter().zip(&file.values) {
+        let sample = Sample {
+            series: key.clone(),
+            ts: *ts,
+            values: Values::Single(*v as f32),
+            labels: BTreeMap::new(),
+        };
         // Event time doubles as the clock: idle eviction follows the data.
-        if let Ok(e) = windows.push(&key, *ts, *v as f32, *ts) {
-            emitted.extend(e);
-        }
+        jobs.extend(planner.place_sample(sample, meta, *ts));
     }
-    emitted.extend(windows.flush(&key));
-    let interval = windows.interval(&key).unwrap_or(1);
-    // Grid timestamps are bucket starts; a bucket spans [ts, ts + interval).
-    let w = window.window;
-    let mut rows = Vec::new();
-    let mut flat = Vec::new();
-    for e in emitted {
-        if let Some(win) = e.window {
-            let end = e.ts.saturating_add(interval);
-            let last_row = file.ts.partition_point(|t| *t < end);
-            if last_row > 0 {
-                rows.push(last_row - 1);
-                flat.extend_from_slice(&win.values);
-            }
-        }
+    jobs.extend(planner.flush(&key, meta));
+    let interval = jobs
+        .iter()
+        .find_map(|j| j.features.iter().find_map(|f| f.run.as_ref()))
+        .map_or(1, |w| w.interval.max(1));
+    let mut scorer = Scorer::new(detector.score.clone(), 1);
+    let (items, stats) = worker::process_batch(detector.model, &mut scorer, jobs, max_batch, None);
+    if stats.failed_calls > 0 {
+        return Err(EvalError::Model(ModelError::Run(format!(
+            "{} inference calls failed on {key}",
+            stats.failed_calls
+        ))));
     }
-    let mut raw = Vec::with_capacity(rows.len());
-    match detector {
-        Detector::Model(engine) => {
-            for chunk in flat.chunks(batch.max(1) * w) {
-                let out = engine.infer(chunk.to_vec(), chunk.len() / w)?;
-                raw.extend(out.raw_score.iter().map(|x| f64::from(*x)));
-            }
-        }
-        Detector::RollingZ => raw.extend(flat.chunks(w).map(rolling_z)),
-    }
-    let mut scorer = Scorer::new(score.clone(), 1);
     let mut result = FileResult {
         unit: vec![0.0; file.ts.len()],
         flag: vec![false; file.ts.len()],
     };
-    for (&i, r) in rows.iter().zip(raw) {
-        let s = scorer.score(&key, r);
-        result.unit[i] = s.unit();
-        result.flag[i] = s.anomaly;
+    for item in items {
+        let Outgoing::Point(p) = item else { continue };
+        let end = p.ts.saturating_add(interval);
+        let last_row = file.ts.partition_point(|t| *t < end);
+        let Some(driver) = p.driver() else { continue };
+        if last_row > 0 {
+            result.unit[last_row - 1] = driver.scored.unit();
+            result.flag[last_row - 1] = driver.scored.anomaly;
+        }
     }
     Ok(result)
 }
 
-/// Oracle and online figures of one detector, per profile.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DetectorReport {
-    /// Detector name (the result directory name).
-    pub name: String,
-    /// Profile -> (normalised score, threshold) with the best corpus threshold.
-    pub oracle: BTreeMap<String, (f64, f64)>,
-    /// Profile -> normalised score of the online flags.
-    pub online: BTreeMap<String, f64>,
-    /// Seconds spent.
-    pub seconds: f64,
+/// How an evaluation runs, beyond the service's own config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Contexts per inference call (the service's `model.max_batch`).
+    pub batch: usize,
+    /// Rolling z-score baselines with these window lengths, reported as
+    /// `baseline_zscore_w<W>` (384 is the yardstick the issue fixes).
+    pub baseline_windows: Vec<usize>,
+    /// The model at these strides (the first is reported as `attnwatch`,
+    /// the others as `attnwatch_stride<S>`).
+    pub strides: Vec<usize>,
+    /// Also run the calibration ablations of the model (channels off).
+    pub ablation: bool,
 }
 
-/// Score `results` (one per file) and write the NAB result files under `out`.
-pub fn report(
+/// The calibration variants of the ablation: (suffix, config), each a
+/// subset of the calibration channels.
+pub fn ablations(base: &ScoreConfig) -> Vec<(&'static str, ScoreConfig)> {
+    use crate::config::Channel::{Novelty, Point, Run, Shift};
+    [
+        ("point", vec![Point]),
+        ("point_run", vec![Point, Run]),
+        ("point_shift", vec![Point, Shift]),
+        ("point_run_shift", vec![Point, Run, Shift]),
+        ("novelty", vec![Novelty]),
+        ("all", vec![Point, Run, Shift, Novelty]),
+    ]
+    .into_iter()
+    .map(|(suffix, channels)| {
+        (
+            suffix,
+            ScoreConfig {
+                channels,
+                ..base.clone()
+            },
+        )
+    })
+    .collect()
+}
+
+/// Evaluate the baseline(s) and the model on every file of `files`; write
+/// results and `summary.md` / `summary.json` under `out`.
+pub fn run(
+    files: &[NabFile],
+    model: &mut dyn Forecaster,
+    window: &WindowConfig,
+    score: &ScoreConfig,
+    options: &Options,
+    out: &Path,
+) -> Result<Vec<DetectorReport>, EvalError> {
+    let model_id = model.contract().id();
+    let mut reports = Vec::new();
+    for &bw in &options.baseline_windows {
+        // The yardstick scores from the 16th value, as it always has.
+        let mut b = RollingZ::new(bw, 16);
+        let mut d = Detector {
+            name: format!("baseline_zscore_w{bw}"),
+            model: &mut b,
+            stride: 1,
+            score: score.clone(),
+        };
+        reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+        if options.ablation {
+            for (suffix, cfg) in ablations(score) {
+                let mut d = Detector {
+                    name: format!("baseline_zscore_w{bw}_{suffix}"),
+                    model: &mut b,
+                    stride: 1,
+                    score: cfg,
+                };
+                reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+            }
+        }
+    }
+    for (i, &stride) in options.strides.iter().enumerate() {
+        let name = if i == 0 {
+            "attnwatch".to_string()
+        } else {
+            format!("attnwatch_stride{stride}")
+        };
+        let mut d = Detector {
+            name: name.clone(),
+            model: &mut *model,
+            stride,
+            score: score.clone(),
+        };
+        reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+        if options.ablation && i == 0 {
+            for (suffix, cfg) in ablations(score) {
+                let mut d = Detector {
+                    name: format!("{name}_{suffix}"),
+                    model: &mut *model,
+                    stride,
+                    score: cfg,
+                };
+                reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+            }
+        }
+    }
+    let summary = render(&reports, files, &model_id);
+    let md = out.join("summary.md");
+    std::fs::write(&md, &summary).map_err(io(&md))?;
+    let js = out.join("summary.json");
+    let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
+    std::fs::write(&js, json).map_err(io(&js))?;
+    Ok(reports)
+}
+
+/// Run one detector over every file and score it.
+pub fn evaluate(
+    files: &[NabFile],
+    window: &WindowConfig,
+    detector: &mut Detector<'_>,
+    batch: usize,
+    out: &Path,
+) -> Result<DetectorReport, EvalError> {
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(files.len());
+    for (k, f) in files.iter().enumerate() {
+        results.push(run_file(f, window, detector, batch)?);
+        eprintln!(
+            "eval {}: {}/{} {}/{} ({} rows)",
+            detector.name,
+            k + 1,
+            files.len(),
+            f.category,
+            f.name,
+            f.ts.len()
+        );
+    }
+    write_results(&detector.name, files, &results, out)?;
+    let c = detector.model.contract();
+    let runs_per_point = 1.0 / detector.stride.max(1) as f64;
+    Ok(report::score(
+        &detector.name,
+        files,
+        &results,
+        started.elapsed().as_secs_f64(),
+        c.flops_per_run as f64 * runs_per_point,
+    ))
+}
+
+/// Write NAB-format result files: `<name>/` with scores in [0, 1) and
+/// `<name>_online/` with the 0/1 flags.
+fn write_results(
     name: &str,
     files: &[NabFile],
     results: &[FileResult],
     out: &Path,
-    seconds: f64,
-) -> Result<DetectorReport, EvalError> {
+) -> Result<(), EvalError> {
     let online_name = format!("{name}_online");
     for (f, r) in files.iter().zip(results) {
         let labelled = |i: usize| f.labels.windows.iter().any(|&(l, h)| l <= i && i <= h);
@@ -266,139 +393,5 @@ pub fn report(
             std::fs::write(&path, text).map_err(io(&path))?;
         }
     }
-    let mut oracle = BTreeMap::new();
-    let mut online = BTreeMap::new();
-    for p in PROFILES {
-        let cont: Vec<(&LabeledFile, &[f64])> = files
-            .iter()
-            .zip(results)
-            .map(|(f, r)| (&f.labels, r.unit.as_slice()))
-            .collect();
-        oracle.insert(p.name.to_string(), nab::sweep(&cont, &p));
-        let flags: Vec<(&LabeledFile, Vec<bool>)> = files
-            .iter()
-            .zip(results)
-            .map(|(f, r)| (&f.labels, r.flag.clone()))
-            .collect();
-        online.insert(p.name.to_string(), nab::corpus_score(&flags, &p));
-    }
-    Ok(DetectorReport {
-        name: name.to_string(),
-        oracle,
-        online,
-        seconds,
-    })
-}
-
-/// How an evaluation runs, beyond the service's own config.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Windows per inference call (the service's `model.max_batch`).
-    pub batch: usize,
-    /// Extra rolling z-score baselines with these window lengths, reported
-    /// as `baseline_zscore_w<W>` (the default baseline uses the model's W).
-    pub baseline_windows: Vec<usize>,
-}
-
-/// Evaluate the baseline(s) and the model on every file of `files`; write
-/// results and `summary.md` / `summary.json` under `out`.
-pub fn run(
-    files: &[NabFile],
-    engine: &mut Engine,
-    window: &WindowConfig,
-    score: &ScoreConfig,
-    options: &Options,
-    out: &Path,
-) -> Result<Vec<DetectorReport>, EvalError> {
-    let (w, min_points) = (engine.contract().window, engine.contract().min_points);
-    let model_id = engine.contract().id();
-    let mut detectors = vec![(
-        "baseline_zscore".to_string(),
-        Detector::RollingZ,
-        window.settings(w, min_points),
-    )];
-    for &bw in &options.baseline_windows {
-        detectors.push((
-            format!("baseline_zscore_w{bw}"),
-            Detector::RollingZ,
-            window.settings(bw, min_points.min(bw)),
-        ));
-    }
-    detectors.push((
-        "attnwatch".to_string(),
-        Detector::Model(engine),
-        window.settings(w, min_points),
-    ));
-    let mut reports = Vec::new();
-    for (name, mut detector, settings) in detectors {
-        let started = Instant::now();
-        let mut results = Vec::with_capacity(files.len());
-        for (k, f) in files.iter().enumerate() {
-            results.push(run_file(f, &settings, &mut detector, score, options.batch)?);
-            eprintln!(
-                "eval {name}: {}/{} {}/{} ({} rows)",
-                k + 1,
-                files.len(),
-                f.category,
-                f.name,
-                f.ts.len()
-            );
-        }
-        reports.push(report(
-            &name,
-            files,
-            &results,
-            out,
-            started.elapsed().as_secs_f64(),
-        )?);
-    }
-    let summary = render(&reports, files, &model_id);
-    let md = out.join("summary.md");
-    std::fs::write(&md, &summary).map_err(io(&md))?;
-    let js = out.join("summary.json");
-    let json = serde_json::to_string_pretty(&reports).unwrap_or_default();
-    std::fs::write(&js, json).map_err(io(&js))?;
-    Ok(reports)
-}
-
-/// The results table (markdown).
-pub fn render(reports: &[DetectorReport], files: &[NabFile], model_id: &str) -> String {
-    let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
-    let rows: usize = files.iter().map(|f| f.ts.len()).sum();
-    let mut s = format!(
-        "NAB scores on {} files ({rows} rows, {windows} windows); model {model_id}\n\n\
-         | detector | oracle std / lowFP / lowFN | online std / lowFP / lowFN |\n|---|---|---|\n",
-        files.len()
-    );
-    for r in reports {
-        let o = |p: &str| r.oracle.get(p).map_or(f64::NAN, |x| x.0);
-        let n = |p: &str| r.online.get(p).copied().unwrap_or(f64::NAN);
-        let _ = writeln!(
-            s,
-            "| {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |",
-            r.name,
-            o("standard"),
-            o("reward_low_FP_rate"),
-            o("reward_low_FN_rate"),
-            n("standard"),
-            n("reward_low_FP_rate"),
-            n("reward_low_FN_rate")
-        );
-    }
-    s.push_str("\noracle: one threshold per profile swept over the whole corpus (chosen with the labels); online: the service's own anomaly flag.\n");
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rolling_z_of_a_spike() {
-        let mut w = vec![1.0f32, 3.0, 1.0, 3.0];
-        w.push(10.0);
-        // context mean 2, std 1 -> z = 8 (the floor is negligible)
-        assert!((rolling_z(&w) - 8.0).abs() < 1e-3, "{}", rolling_z(&w));
-        assert!(rolling_z(&[5.0, 5.0, 5.0, 5.0]).abs() < 1e-9);
-    }
+    Ok(())
 }

@@ -26,12 +26,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{OffsetTracker, Token};
+use super::stage::shard_of;
 use super::stage::{MessageMeta, Planner};
 use crate::config::KafkaConfig;
+use crate::flow::{Acknowledge, Job, Outgoing};
 use crate::metrics::Metrics;
-use crate::model::worker::{shard_of, Job};
-use crate::publish::encode::OutMessage;
-use crate::publish::Acknowledge;
 
 /// Errors of the Kafka ingest side.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +277,7 @@ pub struct Outputs {
     /// One job queue per inference thread.
     pub jobs: Vec<flume::Sender<Job>>,
     /// Dead letters go straight to the publisher.
-    pub publish: mpsc::Sender<OutMessage>,
+    pub publish: mpsc::Sender<Outgoing>,
 }
 
 /// Consume until `shutdown` is cancelled. Returning drops the job senders,
@@ -333,10 +332,24 @@ pub async fn run(
             kafka_ts_ms: msg.timestamp().to_millis(),
         };
         let payload = msg.payload().unwrap_or_default();
+        // The ingest stage's busy time is sampled (1 message in 16, scaled
+        // up): reading the clock twice per message costs more than it tells.
+        let sampled = offset % 16 == 0;
+        let started = sampled.then(std::time::Instant::now);
         if replay {
-            // Output for this message was published before the assignment.
-            planner.replay(payload, meta, chrono::Utc::now().timestamp_millis());
+            // Output for this message was published before the assignment:
+            // rebuild windows, forecasts and calibration, publish nothing.
+            let jobs = planner.replay(payload, meta, chrono::Utc::now().timestamp_millis());
+            if let Some(t) = started {
+                metrics.busy("ingest", 16.0 * t.elapsed().as_secs_f64());
+            }
             metrics.replayed.inc();
+            for job in jobs {
+                let shard = shard_of(&job.series, outputs.jobs.len());
+                if outputs.jobs[shard].send_async(job).await.is_err() {
+                    return;
+                }
+            }
             continue;
         }
         let plan = planner.plan(
@@ -345,9 +358,17 @@ pub async fn run(
             meta,
             chrono::Utc::now().timestamp_millis(),
         );
+        if let Some(t) = started {
+            metrics.busy("ingest", 16.0 * t.elapsed().as_secs_f64());
+        }
         store.register(token, plan.outputs());
         for dl in plan.dead_letters {
-            if outputs.publish.send(dl).await.is_err() {
+            if outputs
+                .publish
+                .send(Outgoing::DeadLetter(dl))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

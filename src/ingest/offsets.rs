@@ -18,16 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-/// Identifies the input message an output belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Token {
-    /// Input partition.
-    pub partition: i32,
-    /// Input offset.
-    pub offset: i64,
-    /// Assignment generation of the partition when the message was read.
-    pub generation: u64,
-}
+pub use crate::flow::Token;
 
 #[derive(Debug, Default)]
 struct Partition {

@@ -1,19 +1,19 @@
 //! From one consumed message to model jobs and dead letters.
 //!
 //! [`Planner`] is pure: it decodes the payload, pushes every sample into its
-//! window(s), and returns the jobs (points with full windows) and dead
-//! letters the message causes. The async side registers that count with the
-//! offset tracker *before* sending anything, so an acknowledgement can never
-//! arrive for a message the tracker does not know.
+//! window(s), and returns the jobs (closed grid points, with the contexts of
+//! the model runs due on them) and dead letters the message causes. The
+//! async side registers the number of outputs with the offset tracker
+//! *before* sending anything, so an acknowledgement can never arrive for a
+//! message the tracker does not know.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::decode::{self, FeatureSet, Sample, Values};
-use super::offsets::Token;
+use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, Token};
 use crate::metrics::Metrics;
-use crate::model::worker::{FeatureWindow, Job};
-use crate::publish::encode::{self, OutMessage};
-use std::collections::BTreeMap;
-
-use crate::window::{Counters, Settings, Windows};
+use crate::window::{Counters, Emitted, Settings, Windows};
 
 /// Separator between series id and feature name in window keys.
 const FEATURE_SEP: char = '\u{1f}';
@@ -30,17 +30,29 @@ pub struct MessageMeta {
 /// What one message produced.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Points ready for the model.
+    /// Grid points for the model stage (scored, or carrying a run).
     pub jobs: Vec<Job>,
     /// Rejected records.
-    pub dead_letters: Vec<OutMessage>,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Plan {
-    /// Number of outputs this message will cause.
+    /// Number of outputs this message will cause: one per published point
+    /// and one per dead letter.
     pub fn outputs(&self) -> u32 {
-        (self.jobs.len() + self.dead_letters.len()) as u32
+        (self.jobs.iter().filter(|j| j.publishes()).count() + self.dead_letters.len()) as u32
     }
+}
+
+/// Which inference thread owns `series` (stable for the life of the process).
+pub fn shard_of(series: &str, shards: usize) -> usize {
+    // FNV-1a: stable, cheap, no per-process random seed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in series.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
 }
 
 /// Decodes messages and keeps the windows of every series.
@@ -51,6 +63,10 @@ pub struct Planner {
     metrics: Metrics,
     /// Window counters already reported to the metrics.
     reported: Counters,
+    /// The feature name of single-value samples, shared.
+    value_feature: Arc<str>,
+    /// Shared empty labels.
+    no_labels: Labels,
 }
 
 impl Planner {
@@ -61,6 +77,8 @@ impl Planner {
             features,
             metrics,
             reported: Counters::default(),
+            value_feature: Arc::from("value"),
+            no_labels: Arc::new(BTreeMap::new()),
         }
     }
 
@@ -73,13 +91,16 @@ impl Planner {
         meta: MessageMeta,
         now_ms: i64,
     ) -> Plan {
-        self.plan_inner(payload, key, meta, now_ms, false)
+        self.plan_inner(payload, key, meta, now_ms, Mode::Publish)
     }
 
     /// Place the samples of a message that was already published before (a
-    /// window rebuild after assignment): windows advance, nothing is emitted.
-    pub fn replay(&mut self, payload: &[u8], meta: MessageMeta, now_ms: i64) {
-        self.plan_inner(payload, None, meta, now_ms, true);
+    /// rebuild after assignment): windows advance and the jobs rebuild the
+    /// model stage's forecasts and calibration, but nothing is published and
+    /// bad records are not dead-lettered again.
+    pub fn replay(&mut self, payload: &[u8], meta: MessageMeta, now_ms: i64) -> Vec<Job> {
+        self.plan_inner(payload, None, meta, now_ms, Mode::Rebuild)
+            .jobs
     }
 
     fn plan_inner(
@@ -88,32 +109,29 @@ impl Planner {
         key: Option<&[u8]>,
         meta: MessageMeta,
         now_ms: i64,
-        replay: bool,
+        mode: Mode,
     ) -> Plan {
         let mut plan = Plan::default();
+        let publish = mode == Mode::Publish;
         for item in decode::decode(payload, &self.features) {
             match item {
                 Ok(sample) => {
-                    if !replay {
+                    if publish {
                         self.metrics.samples.inc();
                     }
-                    let jobs = self.place(sample, meta, now_ms);
-                    if !replay {
-                        plan.jobs.extend(jobs);
-                    }
+                    self.place(sample, meta, now_ms, mode, &mut plan.jobs);
                 }
-                Err(_) if replay => {}
+                Err(_) if !publish => {}
                 Err(e) => {
                     let code = e.reason.code();
                     self.metrics.dead_lettered.with_label_values(&[code]).inc();
-                    let key = key.map(|k| String::from_utf8_lossy(k).into_owned());
-                    plan.dead_letters.push(encode::dead_letter(
-                        e.bytes,
-                        key,
-                        code,
-                        e.reason.to_string(),
-                        Some(meta.token),
-                    ));
+                    plan.dead_letters.push(DeadLetter {
+                        bytes: e.bytes,
+                        key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                        reason: code,
+                        detail: e.reason.to_string(),
+                        token: Some(meta.token),
+                    });
                 }
             }
         }
@@ -124,87 +142,99 @@ impl Planner {
     /// Place one already-validated sample (the file path) at processing
     /// time `now_ms`; returns the jobs of the grid points it closed.
     pub fn place_sample(&mut self, sample: Sample, meta: MessageMeta, now_ms: i64) -> Vec<Job> {
-        let jobs = self.place(sample, meta, now_ms);
+        let mut jobs = Vec::new();
+        self.place(sample, meta, now_ms, Mode::Publish, &mut jobs);
         self.report();
         jobs
     }
 
     /// Close the open bucket of the single-valued series `series` (the end
-    /// of a file); returns its job if it has a window.
+    /// of a file); returns the jobs of the grid points it closed.
     pub fn flush(&mut self, series: &str, meta: MessageMeta) -> Vec<Job> {
-        let jobs = self
-            .windows
-            .flush(series)
-            .into_iter()
-            .filter_map(|e| {
-                let window = e.window?;
-                Some(Job {
-                    series: series.to_string(),
-                    ts: e.ts,
-                    value: Some(e.value),
-                    labels: Default::default(),
-                    windows: vec![FeatureWindow {
-                        feature: "value".into(),
-                        key: series.to_string(),
-                        window,
-                    }],
-                    token: meta.token,
-                    source_ts_ms: None,
-                })
-            })
-            .collect();
+        let key: Arc<str> = Arc::from(series);
+        let emitted = self.windows.flush(series);
+        let mut jobs = Vec::new();
+        for e in emitted.into_iter().filter(useful) {
+            jobs.push(Job {
+                series: key.clone(),
+                ts: e.ts,
+                value: Some(e.value),
+                labels: self.no_labels.clone(),
+                features: vec![feature_job(self.value_feature.clone(), key.clone(), e)],
+                token: meta.token,
+                source_ts_ms: None,
+                mode: Mode::Publish,
+            });
+        }
         self.report();
         jobs
     }
 
     /// Push a sample's value(s) into the window stage; one job per closed
-    /// grid point that has a window (all features of one grid time together).
-    fn place(&mut self, sample: Sample, meta: MessageMeta, now_ms: i64) -> Vec<Job> {
+    /// grid time (all features of one grid time together).
+    fn place(
+        &mut self,
+        sample: Sample,
+        meta: MessageMeta,
+        now_ms: i64,
+        mode: Mode,
+        jobs: &mut Vec<Job>,
+    ) {
         let Sample {
             series,
             ts,
             values,
             labels,
         } = sample;
-        let single = matches!(values, Values::Single(_));
-        let pairs: Vec<(String, f32)> = match values {
-            Values::Single(v) => vec![("value".to_string(), v)],
-            Values::Multi(m) => m,
+        let series: Arc<str> = Arc::from(series);
+        let labels = if labels.is_empty() {
+            self.no_labels.clone()
+        } else {
+            Arc::new(labels)
         };
-        let mut by_time: BTreeMap<i64, (f32, Vec<FeatureWindow>)> = BTreeMap::new();
-        for (feature, v) in pairs {
-            let key = if single {
-                series.clone()
-            } else {
-                format!("{series}{FEATURE_SEP}{feature}")
-            };
-            // Dropped points are counted by the window stage.
-            let Ok(emitted) = self.windows.push(&key, ts, v, now_ms) else {
-                continue;
-            };
-            for e in emitted {
-                if let Some(window) = e.window {
-                    let entry = by_time.entry(e.ts).or_insert((e.value, Vec::new()));
-                    entry.1.push(FeatureWindow {
-                        feature: feature.clone(),
-                        key: key.clone(),
-                        window,
-                    });
+        let job = |ts: i64, value: Option<f32>, features: Vec<FeatureJob>| Job {
+            series: series.clone(),
+            ts,
+            value,
+            labels: labels.clone(),
+            features,
+            token: meta.token,
+            source_ts_ms: meta.kafka_ts_ms,
+            mode,
+        };
+        match values {
+            Values::Single(v) => {
+                // Dropped points are counted by the window stage.
+                let Ok(emitted) = self.windows.push(&series, ts, v, now_ms) else {
+                    return;
+                };
+                for e in emitted.into_iter().filter(useful) {
+                    let (ts, value) = (e.ts, e.value);
+                    let f = feature_job(self.value_feature.clone(), series.clone(), e);
+                    jobs.push(job(ts, Some(value), vec![f]));
+                }
+            }
+            Values::Multi(pairs) => {
+                let mut by_time: BTreeMap<i64, Vec<FeatureJob>> = BTreeMap::new();
+                for (feature, v) in pairs {
+                    let key = format!("{series}{FEATURE_SEP}{feature}");
+                    let Ok(emitted) = self.windows.push(&key, ts, v, now_ms) else {
+                        continue;
+                    };
+                    let (feature, key): (Arc<str>, Arc<str>) = (Arc::from(feature), Arc::from(key));
+                    for e in emitted.into_iter().filter(useful) {
+                        by_time.entry(e.ts).or_default().push(feature_job(
+                            feature.clone(),
+                            key.clone(),
+                            e,
+                        ));
+                    }
+                }
+                for (ts, features) in by_time {
+                    jobs.push(job(ts, None, features));
                 }
             }
         }
-        by_time
-            .into_iter()
-            .map(|(ts, (value, windows))| Job {
-                series: series.clone(),
-                ts,
-                value: single.then_some(value),
-                labels: labels.clone(),
-                windows,
-                token: meta.token,
-                source_ts_ms: meta.kafka_ts_ms,
-            })
-            .collect()
     }
 
     /// Bring the metrics up to date with the window stage's counters.
@@ -225,6 +255,29 @@ impl Planner {
             .inc_by(now.evicted_idle - last.evicted_idle);
         m.active_series.set(self.windows.series() as i64);
         self.reported = now;
+    }
+
+    /// Approximate heap bytes of the window state.
+    pub fn window_bytes(&self) -> usize {
+        self.windows.approx_bytes()
+    }
+}
+
+/// Whether a grid value matters to the model stage: it is scored, or a
+/// run is due on it. (A warming-up series' values before its first run are
+/// neither.)
+fn useful(e: &Emitted) -> bool {
+    e.step.is_some() || e.window.is_some()
+}
+
+fn feature_job(feature: Arc<str>, key: Arc<str>, e: Emitted) -> FeatureJob {
+    FeatureJob {
+        feature,
+        key,
+        value: e.value,
+        step: e.step,
+        filled: e.filled,
+        run: e.window,
     }
 }
 
@@ -250,78 +303,103 @@ mod tests {
         }
     }
 
+    fn scored(plan: &Plan) -> Vec<&Job> {
+        plan.jobs.iter().filter(|j| j.publishes()).collect()
+    }
+
     fn msg(series: &str, ts: i64) -> Vec<u8> {
         format!(r#"{{"series":"{series}","ts":{ts},"value":1}}"#).into_bytes()
     }
 
     #[test]
-    fn warm_up_then_one_job_per_grid_point_and_dead_letters_for_bad_records() {
+    fn warm_up_then_one_published_job_per_grid_point_and_dead_letters_for_bad_records() {
         let m = Metrics::new().unwrap();
         let mut p = Planner::new(settings(3), FeatureSet::default(), m.clone());
-        // A bucket closes when the next one starts: buckets 0..=2 close on ts 1..=3.
+        // A bucket closes when the next one starts: buckets 0..=1 close on ts 1..=2.
         for ts in 0..3 {
             assert_eq!(p.plan(&msg("a", ts), None, meta(ts), 0).outputs(), 0);
         }
+        // Bucket 2 completes min_points = 3: the first run is due on it, but
+        // no forecast covers it yet, so nothing is published for it.
         let both = br#"[{"series":"a","ts":3,"value":1},{"series":"a","ts":"x","value":1}]"#;
         let plan = p.plan(both, Some(b"a"), meta(3), 0);
         assert_eq!(plan.jobs.len(), 1);
-        assert_eq!(plan.dead_letters.len(), 1);
-        assert_eq!(plan.outputs(), 2);
         assert_eq!(plan.jobs[0].ts, 2);
-        assert_eq!(plan.jobs[0].windows[0].window.ts, vec![0, 1, 2]);
+        let run = plan.jobs[0].features[0].run.as_ref().unwrap();
+        assert_eq!(run.timestamps(), vec![0, 1, 2]);
+        assert_eq!(plan.dead_letters.len(), 1);
+        assert_eq!(plan.outputs(), 1, "the dead letter only");
         assert_eq!(plan.dead_letters[0].key.as_deref(), Some("a"));
         assert_eq!(
             m.dead_lettered.with_label_values(&["bad_timestamp"]).get(),
             1
         );
+        // Bucket 3 is one step after the run: scored and published.
+        let plan = p.plan(&msg("a", 4), None, meta(4), 0);
+        let jobs = scored(&plan);
+        assert_eq!((jobs.len(), jobs[0].ts), (1, 3));
+        assert_eq!(jobs[0].features[0].step, Some(1));
+        assert_eq!(plan.outputs(), 1);
         // A late point is dropped and counted, not dead-lettered.
-        assert_eq!(p.plan(&msg("a", 1), None, meta(4), 0).outputs(), 0);
+        assert_eq!(p.plan(&msg("a", 1), None, meta(5), 0).outputs(), 0);
         assert_eq!(m.late.get(), 1);
         assert_eq!(m.active_series.get(), 1);
     }
 
     #[test]
-    fn replayed_messages_advance_windows_without_output_or_counts() {
+    fn replayed_messages_rebuild_without_output_or_counts() {
         let m = Metrics::new().unwrap();
         let mut p = Planner::new(settings(2), FeatureSet::default(), m.clone());
-        p.replay(&msg("a", 0), meta(0), 0);
-        p.replay(b"{bad", meta(1), 0);
-        p.replay(&msg("a", 1), meta(2), 0);
+        assert!(p.replay(&msg("a", 0), meta(0), 0).is_empty());
+        assert!(p.replay(b"{bad", meta(1), 0).is_empty());
+        assert!(p.replay(&msg("a", 1), meta(2), 0).is_empty());
+        // Bucket 1 completes the window: its run is rebuilt, not published.
+        let jobs = p.replay(&msg("a", 2), meta(3), 0);
+        assert_eq!(jobs.len(), 1);
+        assert!(jobs[0].features[0].run.is_some() && !jobs[0].publishes());
         assert_eq!(m.samples.get(), 0);
         assert_eq!(
             m.dead_lettered.with_label_values(&["invalid_json"]).get(),
             0
         );
-        let plan = p.plan(&msg("a", 2), None, meta(3), 0);
-        assert_eq!(plan.jobs.len(), 1, "the rebuilt window is ready at once");
+        let plan = p.plan(&msg("a", 3), None, meta(4), 0);
+        assert_eq!(scored(&plan).len(), 1, "scoring resumes at once");
     }
 
     #[test]
     fn multi_value_samples_window_each_feature() {
         let m = Metrics::new().unwrap();
         let mut p = Planner::new(settings(2), FeatureSet::default(), m);
-        p.plan(
-            br#"{"series":"p","ts":1,"values":{"a":1,"b":2}}"#,
-            None,
-            meta(0),
-            0,
-        );
-        p.plan(
-            br#"{"series":"p","ts":2,"values":{"a":3,"b":4}}"#,
-            None,
-            meta(1),
-            0,
-        );
+        for (i, (a, b)) in [(1, 2), (3, 4), (5, 6)].into_iter().enumerate() {
+            let body = format!(
+                r#"{{"series":"p","ts":{},"values":{{"a":{a},"b":{b}}}}}"#,
+                i + 1
+            );
+            p.plan(body.as_bytes(), None, meta(i as i64), 0);
+        }
         let plan = p.plan(
-            br#"{"series":"p","ts":3,"values":{"a":5,"b":6}}"#,
+            br#"{"series":"p","ts":4,"values":{"a":7,"b":8}}"#,
             None,
-            meta(2),
+            meta(3),
             0,
         );
         let job = &plan.jobs[0];
         assert_eq!(job.value, None);
-        let names: Vec<_> = job.windows.iter().map(|w| w.feature.as_str()).collect();
+        let names: Vec<_> = job.features.iter().map(|f| &*f.feature).collect();
         assert_eq!(names, vec!["a", "b"]);
-        assert_eq!(job.windows[1].window.values, vec![2.0, 4.0]);
+        assert_eq!(job.features[1].value, 6.0);
+        assert_eq!(job.features[1].run.as_ref().unwrap().values, vec![4.0, 6.0]);
+        assert!(job.publishes());
+    }
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        for n in 1..8 {
+            for s in ["a", "web-01/cpu", "", "pump-7"] {
+                let k = shard_of(s, n);
+                assert!(k < n);
+                assert_eq!(k, shard_of(s, n));
+            }
+        }
     }
 }

@@ -8,11 +8,14 @@
 use std::collections::HashMap;
 
 /// Contract version this build understands (`attnwatch.contract`).
-pub const CONTRACT_VERSION: &str = "1";
+pub const CONTRACT_VERSION: &str = "2";
 /// Input tensor name.
-pub const INPUT: &str = "window";
+pub const INPUT: &str = "context";
 /// Output tensor names, in the order the engine reads them.
-pub const OUTPUTS: [&str; 4] = ["pred_mean", "pred_std", "raw_score", "attention"];
+pub const OUTPUTS: [&str; 3] = ["forecast_mean", "forecast_std", "attention"];
+/// Optional output: the novelty of the newest pattern at one or more
+/// query lengths, `[batch, K]`.
+pub const NOVELTY: &str = "novelty";
 
 /// A named tensor with its dims (`-1` for a dynamic dimension).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,17 +39,23 @@ pub struct ModelDescription {
     pub metadata: HashMap<String, String>,
 }
 
-/// A model that satisfies the contract.
+/// A model that satisfies the contract: a forecaster that reads a context
+/// of C grid values, cut into T = C / patch tokens, and forecasts the H
+/// values after it (mean and scale each), with the forecasting token's
+/// attention over the T context tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contract {
     /// Model name.
     pub name: String,
     /// Model version.
     pub version: String,
-    /// Window length W.
+    /// Context length C (grid values per run).
     pub window: usize,
-    /// Fewest present points a window may have (missing ones are NaN).
-    /// Models without `attnwatch.min_points` need full windows (= W).
+    /// Points per context token.
+    pub patch: usize,
+    /// Forecast horizon H: values forecast per run (the largest stride).
+    pub horizon: usize,
+    /// Fewest present points a context may have (missing ones are NaN).
     pub min_points: usize,
     /// Feature names, length F.
     pub features: Vec<String>,
@@ -54,8 +63,12 @@ pub struct Contract {
     pub layers: usize,
     /// Attention heads (attention output dim 2).
     pub heads: usize,
-    /// How the raw score is built, as the model states it.
+    /// How the score is built, as the model states it.
     pub score: String,
+    /// Multiply-adds x 2 of one run, as the model states it (0 if absent).
+    pub flops_per_run: u64,
+    /// How many novelty values the model outputs per run (0: none).
+    pub novelty: usize,
 }
 
 impl Contract {
@@ -67,6 +80,11 @@ impl Contract {
     /// Number of features F.
     pub fn f(&self) -> usize {
         self.features.len()
+    }
+
+    /// Context tokens T (attention output dim 3).
+    pub fn tokens(&self) -> usize {
+        self.window / self.patch.max(1)
     }
 }
 
@@ -118,12 +136,17 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
     let version = meta(d, "attnwatch.contract")?;
     if version != CONTRACT_VERSION {
         return Err(ContractError(format!(
-            "attnwatch.contract is {version:?}, this build understands {CONTRACT_VERSION:?}"
+            "attnwatch.contract is {version:?}, this build understands {CONTRACT_VERSION:?} \
+             (a forecaster with context, patch and horizon)"
         )));
     }
-    let window = meta_usize(d, "attnwatch.window")?;
-    if window < 2 {
-        return Err(ContractError("attnwatch.window must be >= 2".into()));
+    let window = meta_usize(d, "attnwatch.context")?;
+    let patch = meta_usize(d, "attnwatch.patch")?;
+    let horizon = meta_usize(d, "attnwatch.horizon")?;
+    if window < 2 || window % patch != 0 {
+        return Err(ContractError(format!(
+            "attnwatch.context = {window} must be >= 2 and a multiple of attnwatch.patch = {patch}"
+        )));
     }
     let features: Vec<String> = meta(d, "attnwatch.features")?
         .split(',')
@@ -133,18 +156,15 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
     if features.is_empty() {
         return Err(ContractError("attnwatch.features is empty".into()));
     }
-    let min_points = match d.metadata.get("attnwatch.min_points") {
-        None => window,
-        Some(_) => meta_usize(d, "attnwatch.min_points")?,
-    };
+    let min_points = meta_usize(d, "attnwatch.min_points")?;
     if !(2..=window).contains(&min_points) {
         return Err(ContractError(format!(
-            "attnwatch.min_points = {min_points} must be in 2..=window"
+            "attnwatch.min_points = {min_points} must be in 2..=context"
         )));
     }
     let layers = meta_usize(d, "attnwatch.layers")?;
     let heads = meta_usize(d, "attnwatch.heads")?;
-    let (w, f) = (window as i64, features.len() as i64);
+    let (w, f, h) = (window as i64, features.len() as i64, horizon as i64);
     if d.inputs.len() != 1 {
         return Err(ContractError(format!(
             "expected 1 input, found {}",
@@ -152,18 +172,35 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
         )));
     }
     expect_tensor(&d.inputs, INPUT, &[-1, w, f])?;
-    for name in &OUTPUTS[..3] {
-        expect_tensor(&d.outputs, name, &[-1, f])?;
+    for name in &OUTPUTS[..2] {
+        expect_tensor(&d.outputs, name, &[-1, h, f])?;
     }
+    let tokens = (window / patch) as i64;
     expect_tensor(
         &d.outputs,
-        OUTPUTS[3],
-        &[-1, layers as i64, heads as i64, w],
+        OUTPUTS[2],
+        &[-1, layers as i64, heads as i64, tokens],
     )?;
+    let novelty = match d.outputs.iter().find(|o| o.name == NOVELTY) {
+        None => 0,
+        Some(t) => match t.dims.as_slice() {
+            [_, k] if (1..=4).contains(k) => {
+                expect_tensor(&d.outputs, NOVELTY, &[-1, *k])?;
+                *k as usize
+            }
+            other => {
+                return Err(ContractError(format!(
+                    "novelty has shape {other:?}, expected [-1, K] with K in 1..=4"
+                )))
+            }
+        },
+    };
     Ok(Contract {
         name: meta(d, "attnwatch.model_name")?.to_string(),
         version: meta(d, "attnwatch.model_version")?.to_string(),
         window,
+        patch,
+        horizon,
         min_points,
         features,
         layers,
@@ -173,6 +210,12 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
             .get("attnwatch.score")
             .cloned()
             .unwrap_or_default(),
+        flops_per_run: d
+            .metadata
+            .get("attnwatch.flops_per_run")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        novelty,
     })
 }
 
@@ -190,10 +233,13 @@ mod tests {
 
     fn good() -> ModelDescription {
         let metadata = [
-            ("attnwatch.contract", "1"),
+            ("attnwatch.contract", "2"),
             ("attnwatch.model_name", "enc"),
             ("attnwatch.model_version", "1.2"),
-            ("attnwatch.window", "8"),
+            ("attnwatch.context", "8"),
+            ("attnwatch.patch", "4"),
+            ("attnwatch.horizon", "3"),
+            ("attnwatch.min_points", "2"),
             ("attnwatch.features", "value"),
             ("attnwatch.layers", "2"),
             ("attnwatch.heads", "4"),
@@ -202,12 +248,12 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         ModelDescription {
-            inputs: vec![spec("window", &[-1, 8, 1])],
+            inputs: vec![spec("context", &[-1, 8, 1])],
             outputs: vec![
-                spec("pred_mean", &[-1, 1]),
-                spec("pred_std", &[-1, 1]),
-                spec("raw_score", &[-1, 1]),
-                spec("attention", &[-1, 2, 4, 8]),
+                spec("forecast_mean", &[-1, 3, 1]),
+                spec("forecast_std", &[-1, 3, 1]),
+                spec("attention", &[-1, 2, 4, 2]),
+                spec("novelty", &[-1, 2]),
             ],
             metadata,
         }
@@ -216,8 +262,9 @@ mod tests {
     #[test]
     fn accepts_a_conforming_model() {
         let c = check(&good()).unwrap();
-        assert_eq!(c.window, 8);
-        assert_eq!(c.min_points, 8, "full windows without the key");
+        assert_eq!((c.window, c.patch, c.horizon, c.tokens()), (8, 4, 3, 2));
+        assert_eq!(c.min_points, 2);
+        assert_eq!(c.novelty, 2);
         assert_eq!(c.features, vec!["value"]);
         assert_eq!(c.id(), "enc@1.2");
     }
@@ -225,28 +272,44 @@ mod tests {
     #[test]
     fn rejects_each_kind_of_mismatch() {
         let mut d = good();
-        d.metadata.remove("attnwatch.window");
-        assert!(check(&d).unwrap_err().0.contains("attnwatch.window"));
+        d.metadata.remove("attnwatch.context");
+        assert!(check(&d).unwrap_err().0.contains("attnwatch.context"));
 
         let mut d = good();
-        d.metadata.insert("attnwatch.window".into(), "16".into());
-        assert!(check(&d).unwrap_err().0.contains("window has shape"));
+        d.metadata.insert("attnwatch.context".into(), "16".into());
+        assert!(check(&d).unwrap_err().0.contains("context has shape"));
+
+        let mut d = good();
+        d.metadata.insert("attnwatch.patch".into(), "3".into());
+        assert!(check(&d).unwrap_err().0.contains("multiple"));
 
         let mut d = good();
         d.outputs.retain(|o| o.name != "attention");
         assert!(check(&d).unwrap_err().0.contains("attention"));
 
         let mut d = good();
-        d.outputs[3].dims = vec![-1, 2, 4, 8, 8];
+        d.outputs[2].dims = vec![-1, 2, 4, 8];
         assert!(check(&d).unwrap_err().0.contains("attention has shape"));
+
+        let mut d = good();
+        d.outputs[0].dims = vec![-1, 4, 1];
+        assert!(check(&d).unwrap_err().0.contains("forecast_mean has shape"));
 
         let mut d = good();
         d.metadata.insert("attnwatch.min_points".into(), "9".into());
         assert!(check(&d).unwrap_err().0.contains("min_points"));
 
         let mut d = good();
-        d.metadata.insert("attnwatch.contract".into(), "2".into());
-        assert!(check(&d).is_err());
+        d.metadata.insert("attnwatch.contract".into(), "1".into());
+        assert!(check(&d).unwrap_err().0.contains("understands"));
+
+        let mut d = good();
+        d.outputs[3].dims = vec![-1, 2, 1];
+        assert!(check(&d).unwrap_err().0.contains("novelty has shape"));
+
+        let mut d = good();
+        d.outputs.retain(|o| o.name != "novelty");
+        assert_eq!(check(&d).unwrap().novelty, 0, "novelty is optional");
 
         let mut d = good();
         d.inputs[0].is_f32 = false;

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::{Tensor, ValueType};
+use ort::value::{TensorRef, ValueType};
 
 use super::contract::{self, Contract, ContractError, ModelDescription, TensorSpec};
 use crate::config::{ModelConfig, Provider};
@@ -99,14 +99,16 @@ pub fn provider_plan(requested: Provider, allow_cpu_fallback: bool) -> Vec<Provi
 /// Outputs of one batch, flattened row-major.
 #[derive(Debug, Clone, Default)]
 pub struct Inference {
-    /// `[batch, F]`.
-    pub pred_mean: Vec<f32>,
-    /// `[batch, F]`.
-    pub pred_std: Vec<f32>,
-    /// `[batch, F]`.
-    pub raw_score: Vec<f32>,
-    /// `[batch, layers, heads, W]`.
+    /// `[batch, H, F]`: forecast mean of the H values after each context.
+    pub mean: Vec<f32>,
+    /// `[batch, H, F]`: forecast scale of those values.
+    pub std: Vec<f32>,
+    /// `[batch, layers, heads, T]`: the forecasting token's attention over
+    /// the T context tokens.
     pub attention: Vec<f32>,
+    /// `[batch, K]`: novelty of each context's newest pattern at K query
+    /// lengths (empty when the model has no novelty output).
+    pub novelty: Vec<f32>,
 }
 
 /// One session plus the contract it satisfies.
@@ -174,17 +176,19 @@ impl Engine {
         self.fallback_reason.as_deref()
     }
 
-    /// Run one batch. `input` holds `batch` windows of `W x F` values each,
-    /// oldest point first.
-    pub fn infer(&mut self, input: Vec<f32>, batch: usize) -> Result<Inference, ModelError> {
-        let (w, f) = (self.contract.window, self.contract.f());
+    /// Run one batch. `input` holds `batch` contexts of `C x F` values
+    /// each, oldest point first, `NaN` where missing.
+    pub fn infer(&mut self, input: &[f32], batch: usize) -> Result<Inference, ModelError> {
+        let c = &self.contract;
+        let (w, f) = (c.window, c.f());
         if input.len() != batch * w * f || batch == 0 {
             return Err(ModelError::Run(format!(
                 "input holds {} values, expected {batch} x {w} x {f}",
                 input.len()
             )));
         }
-        let tensor = Tensor::from_array(([batch, w, f], input.into_boxed_slice()))
+        let (h, att_len) = (c.horizon, batch * c.layers * c.heads * c.tokens());
+        let tensor = TensorRef::from_array_view(([batch, w, f], input))
             .map_err(|e| ModelError::Run(e.to_string()))?;
         let outputs = self
             .session
@@ -200,13 +204,20 @@ impl Engine {
             Ok(data.to_vec())
         };
         let out = Inference {
-            pred_mean: take(contract::OUTPUTS[0])?,
-            pred_std: take(contract::OUTPUTS[1])?,
-            raw_score: take(contract::OUTPUTS[2])?,
-            attention: take(contract::OUTPUTS[3])?,
+            mean: take(contract::OUTPUTS[0])?,
+            std: take(contract::OUTPUTS[1])?,
+            attention: take(contract::OUTPUTS[2])?,
+            novelty: if c.novelty > 0 {
+                take(contract::NOVELTY)?
+            } else {
+                Vec::new()
+            },
         };
-        let att_len = batch * self.contract.layers * self.contract.heads * w;
-        if out.raw_score.len() != batch * f || out.attention.len() != att_len {
+        if out.mean.len() != batch * h * f
+            || out.std.len() != batch * h * f
+            || out.attention.len() != att_len
+            || out.novelty.len() != batch * c.novelty
+        {
             return Err(ModelError::Run(
                 "output sizes do not match the contract".into(),
             ));

@@ -1,21 +1,21 @@
 //! Output encoding: scored points and dead letters to Kafka messages.
 //!
-//! Pure. The output format is the one DESIGN.md gives: one JSON object per
-//! scored point, keyed by series. For `values` samples each feature is scored
-//! on its own (channel-independent); the point's score is the highest of its
-//! features and `features` lists them, highest first, so the output names
-//! what drove it. Attention detail follows `publish.attention`.
+//! Pure, and the only place that knows the output format. It is the one
+//! DESIGN.md gives: one JSON object per scored point, keyed by series. For
+//! `values` samples each feature is scored on its own (channel-independent);
+//! the point's score is the highest of its features and `features` lists
+//! them, highest first, so the output names what drove it. Attention detail
+//! follows `publish.attention`: the forecasting token's attention over the
+//! context, as time ranges.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::config::{AttentionDetail, PublishConfig};
-use crate::ingest::offsets::Token;
-use crate::model::worker::Job;
-use crate::model::Contract;
-use crate::score::Scored;
-use crate::window::MISSING_TS;
+use crate::flow::{DeadLetter, ScoredPoint, Token};
+use crate::model::forecast::Explanation;
+use crate::score::Channels;
 
 /// Header with the dead-letter reason code.
 pub const REASON_HEADER: &str = "attnwatch.reason";
@@ -48,48 +48,6 @@ pub struct OutMessage {
     pub source_ts_ms: Option<i64>,
 }
 
-/// The scoring result of one feature of a point.
-#[derive(Debug, Clone)]
-pub struct FeatureResult {
-    /// Feature name.
-    pub feature: String,
-    /// Calibrated score.
-    pub scored: Scored,
-    /// Model's prediction for the point.
-    pub pred_mean: f32,
-    /// Model's predicted scale.
-    pub pred_std: f32,
-    /// Attention of the scored row, `[layers, heads, W]`.
-    pub attention: Vec<f32>,
-    /// Encoder layers in `attention`.
-    pub layers: usize,
-    /// Heads per layer in `attention`.
-    pub heads: usize,
-    /// Timestamps of the window positions.
-    pub window_ts: Vec<i64>,
-}
-
-/// All features of one scored point.
-#[derive(Debug, Clone)]
-pub struct ScoredPoint {
-    /// One entry per feature (one for `value` samples).
-    pub features: Vec<FeatureResult>,
-}
-
-impl ScoredPoint {
-    /// The feature with the highest score.
-    pub fn driver(&self) -> Option<&FeatureResult> {
-        self.features
-            .iter()
-            .max_by(|a, b| a.scored.score.total_cmp(&b.scored.score))
-    }
-
-    /// Whether any feature is anomalous.
-    pub fn anomaly(&self) -> bool {
-        self.features.iter().any(|f| f.scored.anomaly)
-    }
-}
-
 #[derive(Serialize)]
 struct Record<'a> {
     series: &'a str,
@@ -102,7 +60,7 @@ struct Record<'a> {
     threshold: f64,
     anomaly: bool,
     raw_score: f64,
-    run_score: f64,
+    channels: ChannelRecord,
     expected: f32,
     expected_std: f32,
     model: &'a str,
@@ -111,6 +69,25 @@ struct Record<'a> {
     features: Option<Vec<FeatureRecord<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     attention: Option<Attention>,
+}
+
+#[derive(Serialize)]
+struct ChannelRecord {
+    point: f64,
+    run: f64,
+    shift: f64,
+    novelty: f64,
+}
+
+impl From<Channels> for ChannelRecord {
+    fn from(c: Channels) -> Self {
+        ChannelRecord {
+            point: c.point,
+            run: c.run,
+            shift: c.shift,
+            novelty: c.novelty,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -123,105 +100,92 @@ struct FeatureRecord<'a> {
 
 #[derive(Serialize)]
 struct Attention {
-    step_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    top: Option<Vec<TopEntry>>,
-    /// Timestamps of the window positions; `null` where missing.
+    top: Option<Vec<RangeRecord>>,
+    /// Time range of each context token; `null` where it has no data.
     #[serde(skip_serializing_if = "Option::is_none")]
-    ts: Option<Vec<Option<i64>>>,
+    tokens: Option<Vec<Option<[i64; 2]>>>,
+    /// Per layer, attention per token (mean over heads).
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<Vec<f32>>>,
 }
 
 #[derive(Serialize)]
-struct TopEntry {
-    ts: i64,
+struct RangeRecord {
+    start_ts: i64,
+    end_ts: i64,
     weight: f32,
 }
 
-/// Mean of the attention rows over heads, per layer: `[layers][W]`.
-pub fn per_layer(attention: &[f32], layers: usize, heads: usize, w: usize) -> Vec<Vec<f32>> {
-    (0..layers)
-        .map(|l| {
-            (0..w)
-                .map(|i| {
-                    let sum: f32 = (0..heads).map(|h| attention[(l * heads + h) * w + i]).sum();
-                    sum / heads as f32
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Indices and weights of the `k` most-attended present positions (mean
-/// over layers and heads), highest first; ties go to the newer position.
-pub fn top_k(
-    attention: &[f32],
-    layers: usize,
-    heads: usize,
-    w: usize,
-    k: usize,
-    present: impl Fn(usize) -> bool,
-) -> Vec<(usize, f32)> {
-    let rows = per_layer(attention, layers, heads, w);
-    let mut mean: Vec<(usize, f32)> = (0..w)
-        .filter(|i| present(*i))
-        .map(|i| (i, rows.iter().map(|r| r[i]).sum::<f32>() / layers as f32))
-        .collect();
-    mean.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
-    mean.truncate(k);
-    mean
+fn attention(e: &Explanation, cfg: &PublishConfig) -> Option<Attention> {
+    match cfg.attention {
+        AttentionDetail::None => None,
+        _ if e.layers == 0 => None,
+        AttentionDetail::TopK => Some(Attention {
+            top: Some(
+                e.top(cfg.top_k)
+                    .map(|r| RangeRecord {
+                        start_ts: r.start_ts,
+                        end_ts: r.end_ts,
+                        weight: r.weight,
+                    })
+                    .collect(),
+            ),
+            tokens: None,
+            layers: None,
+        }),
+        AttentionDetail::Row => Some(Attention {
+            top: None,
+            tokens: Some(
+                (0..e.tokens())
+                    .map(|k| {
+                        e.token_present(k).then(|| {
+                            let (a, b) = e.token_range(k);
+                            [a, b]
+                        })
+                    })
+                    .collect(),
+            ),
+            layers: Some((0..e.layers).map(|l| e.layer(l).to_vec()).collect()),
+        }),
+    }
 }
 
 /// Encode a scored point for the output topic.
 pub fn score_message(
-    job: Job,
-    point: ScoredPoint,
+    point: &ScoredPoint,
     model_id: &str,
-    contract: &Contract,
     cfg: &PublishConfig,
 ) -> Result<OutMessage, serde_json::Error> {
+    let mut payload = Vec::with_capacity(512);
+    score_record(point, model_id, cfg, &mut payload)?;
+    Ok(OutMessage {
+        dest: Dest::Output,
+        key: Some(point.series.to_string()),
+        payload,
+        headers: Vec::new(),
+        token: Some(point.token),
+        source_ts_ms: point.source_ts_ms,
+    })
+}
+
+/// Append the JSON record of a scored point to `out` (the producer task
+/// reuses one buffer for every record).
+pub fn score_record(
+    point: &ScoredPoint,
+    model_id: &str,
+    cfg: &PublishConfig,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     let Some(driver) = point.driver() else {
         return Err(serde::ser::Error::custom("scored point without features"));
     };
-    let (layers, heads, w) = (contract.layers, contract.heads, contract.window);
-    let ts = &driver.window_ts;
-    let present: Vec<i64> = ts.iter().copied().filter(|t| *t != MISSING_TS).collect();
-    let step_ms = match (present.first(), present.last()) {
-        (Some(a), Some(b)) if present.len() > 1 => (b - a) / (present.len() as i64 - 1),
-        _ => 0,
-    };
-    let attention = match cfg.attention {
-        AttentionDetail::None => None,
-        AttentionDetail::TopK => Some(Attention {
-            step_ms,
-            top: Some(
-                top_k(&driver.attention, layers, heads, w, cfg.top_k, |i| {
-                    ts[i] != MISSING_TS
-                })
-                .into_iter()
-                .map(|(i, weight)| TopEntry { ts: ts[i], weight })
-                .collect(),
-            ),
-            ts: None,
-            layers: None,
-        }),
-        AttentionDetail::Row => Some(Attention {
-            step_ms,
-            top: None,
-            ts: Some(
-                ts.iter()
-                    .map(|t| (*t != MISSING_TS).then_some(*t))
-                    .collect(),
-            ),
-            layers: Some(per_layer(&driver.attention, layers, heads, w)),
-        }),
-    };
-    let multi = job.value.is_none();
+    let multi = point.value.is_none();
     let values = multi.then(|| {
-        job.windows
+        point
+            .features
             .iter()
-            .filter_map(|fw| fw.window.values.last().map(|v| (fw.feature.as_str(), *v)))
+            .map(|f| (&*f.feature, f.value))
             .collect()
     });
     let features = multi.then(|| {
@@ -239,141 +203,92 @@ pub fn score_message(
         f
     });
     let record = Record {
-        series: &job.series,
-        ts: job.ts,
-        value: job.value,
+        series: &point.series,
+        ts: point.ts,
+        value: point.value,
         values,
         score: driver.scored.score,
         threshold: driver.scored.threshold,
         anomaly: point.anomaly(),
         raw_score: driver.scored.raw_score,
-        run_score: driver.scored.run_score,
-        expected: driver.pred_mean,
-        expected_std: driver.pred_std,
+        channels: driver.scored.channels.into(),
+        expected: driver.expected,
+        expected_std: driver.expected_std,
         model: model_id,
-        labels: &job.labels,
+        labels: &point.labels,
         features,
-        attention,
+        attention: attention(&driver.explanation, cfg),
     };
-    let payload = serde_json::to_vec(&record)?;
-    Ok(OutMessage {
-        dest: Dest::Output,
-        key: Some(job.series),
-        payload,
-        headers: Vec::new(),
-        token: Some(job.token),
-        source_ts_ms: job.source_ts_ms,
-    })
+    serde_json::to_writer(out, &record)
 }
 
 /// A dead letter: the original bytes, the reason code and detail as headers.
-pub fn dead_letter(
-    bytes: Vec<u8>,
-    key: Option<String>,
-    reason: &'static str,
-    detail: String,
-    token: Option<Token>,
-) -> OutMessage {
+pub fn dead_letter(d: DeadLetter) -> OutMessage {
     OutMessage {
         dest: Dest::DeadLetter,
-        key,
-        payload: bytes,
-        headers: vec![(REASON_HEADER, reason.to_string()), (DETAIL_HEADER, detail)],
-        token,
+        key: d.key,
+        payload: d.bytes,
+        headers: vec![
+            (REASON_HEADER, d.reason.to_string()),
+            (DETAIL_HEADER, d.detail),
+        ],
+        token: d.token,
         source_ts_ms: None,
     }
 }
 
-/// A dead letter for a point that could not be scored (the sample re-encoded).
-pub fn dead_letter_for_job(job: &Job, reason: &'static str, detail: &str) -> OutMessage {
-    let values: BTreeMap<&str, f32> = job
-        .windows
-        .iter()
-        .filter_map(|fw| fw.window.values.last().map(|v| (fw.feature.as_str(), *v)))
-        .collect();
-    let body = match job.value {
-        Some(v) => {
-            serde_json::json!({"series": job.series, "ts": job.ts, "value": v, "labels": job.labels})
-        }
-        None => {
-            serde_json::json!({"series": job.series, "ts": job.ts, "values": values, "labels": job.labels})
-        }
-    };
-    dead_letter(
-        body.to_string().into_bytes(),
-        Some(job.series.clone()),
-        reason,
-        detail.to_string(),
-        Some(job.token),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::model::worker::FeatureWindow;
-    use crate::window::Window;
+    use crate::flow::FeatureScore;
+    use crate::model::forecast::Shape;
+    use crate::score::Scored;
 
-    fn contract() -> Contract {
-        Contract {
-            name: "enc".into(),
-            version: "1".into(),
-            window: 4,
-            min_points: 4,
-            features: vec!["value".into()],
-            layers: 2,
-            heads: 2,
-            score: String::new(),
-        }
-    }
-
-    fn scored(score: f64, anomaly: bool) -> Scored {
-        Scored {
-            score,
-            threshold: 1.0,
-            anomaly,
-            raw_score: score * 4.0,
-            run_score: 0.0,
-        }
-    }
-
-    fn feature(name: &str, score: f64, anomaly: bool) -> FeatureResult {
+    fn explanation() -> Arc<Explanation> {
+        // C = 4, patch 1 -> T = 4 tokens at ts 1000..4000; 2 layers, 2 heads.
         // Layer 0: heads attend to positions 3 and 1; layer 1: both to 0.
-        let attention = vec![
+        let attention = [
             0.0, 0.0, 0.0, 1.0, /**/ 0.0, 1.0, 0.0, 0.0, //
             1.0, 0.0, 0.0, 0.0, /**/ 1.0, 0.0, 0.0, 0.0,
         ];
-        FeatureResult {
-            feature: name.into(),
-            scored: scored(score, anomaly),
-            pred_mean: 1.0,
-            pred_std: 0.5,
-            attention,
+        let shape = Shape {
             layers: 2,
             heads: 2,
-            window_ts: vec![1000, 2000, 3000, 4000],
+            context: 4,
+            patch: 1,
+        };
+        Arc::new(Explanation::from_heads(&attention, shape, 4000, 1000, 4))
+    }
+
+    fn feature(name: &str, value: f32, score: f64, anomaly: bool) -> FeatureScore {
+        FeatureScore {
+            feature: name.into(),
+            value,
+            scored: Scored {
+                score,
+                threshold: 1.0,
+                anomaly,
+                raw_score: score * 4.0,
+                channels: Channels {
+                    point: score,
+                    ..Channels::default()
+                },
+            },
+            expected: 1.0,
+            expected_std: 0.5,
+            explanation: explanation(),
         }
     }
 
-    fn job(multi: bool) -> Job {
-        let fw = |f: &str, v: f32| FeatureWindow {
-            feature: f.into(),
-            key: format!("s/{f}"),
-            window: Window {
-                values: vec![0.0, 0.0, 0.0, v],
-                ts: vec![1000, 2000, 3000, 4000],
-            },
-        };
-        Job {
+    fn point(features: Vec<FeatureScore>, multi: bool) -> ScoredPoint {
+        ScoredPoint {
             series: "s".into(),
-            ts: 4000,
+            ts: 5000,
             value: (!multi).then_some(2.5),
-            labels: [("env".to_string(), "prod".to_string())].into(),
-            windows: if multi {
-                vec![fw("a", 1.0), fw("b", 2.0)]
-            } else {
-                vec![fw("value", 2.5)]
-            },
+            labels: Arc::new([("env".to_string(), "prod".to_string())].into()),
+            features,
             token: Token {
                 partition: 0,
                 offset: 7,
@@ -393,17 +308,8 @@ mod tests {
 
     #[test]
     fn single_value_top_k() {
-        let point = ScoredPoint {
-            features: vec![feature("value", 0.4, false)],
-        };
-        let msg = score_message(
-            job(false),
-            point,
-            "enc@1",
-            &contract(),
-            &cfg(AttentionDetail::TopK),
-        )
-        .unwrap();
+        let p = point(vec![feature("value", 2.5, 0.4, false)], false);
+        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::TopK)).unwrap();
         assert_eq!(msg.key.as_deref(), Some("s"));
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["series"], "s");
@@ -411,32 +317,29 @@ mod tests {
         assert_eq!(v["score"], 0.4);
         assert_eq!(v["threshold"], 1.0);
         assert_eq!(v["anomaly"], false);
+        assert_eq!(v["channels"]["point"], 0.4);
         assert_eq!(v["model"], "enc@1");
         assert_eq!(v["labels"]["env"], "prod");
-        assert_eq!(v["attention"]["step_ms"], 1000);
-        // mean weights: pos0 = 0.5, pos1 = 0.25, pos3 = 0.25 -> top: 0 then 3 (newer wins the tie)
+        // mean weights: token0 = 0.5, token1 = 0.25, token3 = 0.25 -> top: 0 then 3 (newer wins the tie)
         let top = v["attention"]["top"].as_array().unwrap();
         assert_eq!(top.len(), 2);
-        assert_eq!(top[0]["ts"], 1000);
+        assert_eq!(
+            (&top[0]["start_ts"], &top[0]["end_ts"]),
+            (&1000.into(), &1000.into())
+        );
         assert_eq!(top[0]["weight"], 0.5);
-        assert_eq!(top[1]["ts"], 4000);
+        assert_eq!(top[1]["start_ts"], 4000);
         assert!(v.get("features").is_none());
     }
 
     #[test]
     fn multi_value_names_the_driving_feature_and_row_detail() {
-        let point = ScoredPoint {
-            features: vec![feature("a", 0.3, false), feature("b", 1.7, true)],
-        };
-        assert!(point.anomaly());
-        let msg = score_message(
-            job(true),
-            point,
-            "enc@1",
-            &contract(),
-            &cfg(AttentionDetail::Row),
-        )
-        .unwrap();
+        let p = point(
+            vec![feature("a", 1.0, 0.3, false), feature("b", 2.0, 1.7, true)],
+            true,
+        );
+        assert!(p.anomaly());
+        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::Row)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["score"], 1.7);
         assert_eq!(v["anomaly"], true);
@@ -446,31 +349,28 @@ mod tests {
         assert_eq!(layers.len(), 2);
         assert_eq!(layers[0], serde_json::json!([0.0, 0.5, 0.0, 0.5]));
         assert_eq!(
-            v["attention"]["ts"],
-            serde_json::json!([1000, 2000, 3000, 4000])
+            v["attention"]["tokens"],
+            serde_json::json!([[1000, 1000], [2000, 2000], [3000, 3000], [4000, 4000]])
         );
     }
 
     #[test]
     fn attention_none_is_omitted() {
-        let point = ScoredPoint {
-            features: vec![feature("value", 0.4, false)],
-        };
-        let msg = score_message(
-            job(false),
-            point,
-            "enc@1",
-            &contract(),
-            &cfg(AttentionDetail::None),
-        )
-        .unwrap();
+        let p = point(vec![feature("value", 2.5, 0.4, false)], false);
+        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::None)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert!(v.get("attention").is_none());
     }
 
     #[test]
     fn dead_letter_keeps_bytes_and_reason() {
-        let m = dead_letter(b"{bad".to_vec(), None, "invalid_json", "eof".into(), None);
+        let m = dead_letter(DeadLetter {
+            bytes: b"{bad".to_vec(),
+            key: None,
+            reason: "invalid_json",
+            detail: "eof".into(),
+            token: None,
+        });
         assert_eq!(m.payload, b"{bad");
         assert_eq!(m.dest, Dest::DeadLetter);
         assert_eq!(m.headers[0], (REASON_HEADER, "invalid_json".to_string()));

@@ -1,36 +1,38 @@
 //! Publish stage: encoding (see [`encode`]) and the Kafka producer task.
 //!
-//! The producer task takes encoded messages from a bounded channel and keeps
-//! at most `max_in_flight` of them awaiting broker acknowledgement. Each
-//! acknowledgement is reported to an [`Acknowledge`] (the ingest stage's
-//! offset store), which is what lets input offsets move forward. A message
-//! whose delivery fails is retried with backoff, never dropped: dropping it
-//! would either lose the output or stall its input offset for good.
+//! The producer task takes [`Outgoing`] items (scored points, dead letters,
+//! acknowledgements owed without a message) from a bounded channel, in
+//! batches, encodes them into one reused buffer (off the inference
+//! threads), and hands them to librdkafka, which copies the bytes. At most
+//! `max_in_flight` messages await broker acknowledgement at once.
+//!
+//! Acknowledgements arrive on librdkafka's polling thread through the
+//! producer context's delivery callback ([`DeliveryContext`]): each one is
+//! counted and reported to an [`Acknowledge`] (the ingest stage's offset
+//! store), which is what lets input offsets move forward. A message whose
+//! delivery fails is retried with backoff, never dropped: dropping it would
+//! either lose the output or stall its input offset for good.
 //!
 //! The task ends when its input channel is closed and every in-flight
 //! message has been acknowledged, which is how shutdown flushes output.
 
 pub mod encode;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use crate::ingest::offsets::Token;
+use crate::config::PublishConfig;
+use crate::flow::{Acknowledge, Outgoing, Token};
 use crate::metrics::Metrics;
-use encode::{Dest, OutMessage};
-
-/// Receives the acknowledgement of each delivered output.
-pub trait Acknowledge: Send + Sync {
-    /// One output of the input message `token` was acknowledged.
-    fn ack(&self, token: Token);
-}
+use encode::Dest;
 
 /// Topics and limits of the producer task.
 #[derive(Debug, Clone)]
@@ -41,97 +43,303 @@ pub struct PublishSettings {
     pub dead_letter_topic: String,
     /// Most messages awaiting acknowledgement.
     pub max_in_flight: usize,
+    /// `name@version` of the model, published in every record.
+    pub model_id: String,
+    /// Output detail.
+    pub publish: PublishConfig,
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Items taken from the channel per wake-up.
+const BATCH: usize = 512;
+
+/// What the delivery callback needs to know about one message.
+#[derive(Debug)]
+pub struct Pending {
+    dest: Dest,
+    token: Option<Token>,
+    source_ts_ms: Option<i64>,
+    attempt: u32,
+}
+
+/// A failed delivery, to be sent again after a backoff.
+#[derive(Debug)]
+struct Retry {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    pending: Box<Pending>,
+}
+
+/// The producer's context: delivery reports, on librdkafka's thread.
+pub struct DeliveryContext {
+    acker: Arc<dyn Acknowledge>,
+    metrics: Metrics,
+    output_topic: String,
+    in_flight: Arc<AtomicUsize>,
+    retry: flume::Sender<Retry>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.error("kafka", &format!("{error}: {reason}"));
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(_) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if pending.dest == Dest::Output {
+                    self.metrics.records_published.inc();
+                    if let Some(src) = pending.source_ts_ms {
+                        let now = chrono::Utc::now().timestamp_millis();
+                        self.metrics
+                            .end_to_end
+                            .with_label_values(&[&self.output_topic])
+                            .observe((now - src).max(0) as f64 / 1000.0);
+                    }
+                }
+                if let Some(token) = pending.token {
+                    self.acker.ack(token);
+                }
+            }
+            Err((e, msg)) => {
+                // Still in flight: it goes out again after a backoff.
+                self.metrics.error("delivery", e);
+                let headers = msg
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let retry = Retry {
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    pending,
+                };
+                if self.retry.send(retry).is_err() {
+                    // The publisher is gone (a shutdown past its grace):
+                    // the input offset is not stored, so it is re-read.
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+}
+
+/// The output producer.
+pub type OutputProducer = ThreadedProducer<DeliveryContext>;
+
+/// The producer with its delivery context, and the task's end of the retry
+/// queue and in-flight count.
+pub struct Publisher {
+    /// The producer (flushed by the shutdown sequence).
+    pub producer: Arc<OutputProducer>,
+    retry: flume::Receiver<Retry>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Publisher {
+    /// Create the producer from `config` (librdkafka settings) with a
+    /// delivery context that reports to `acker` and `metrics`.
+    pub fn new(
+        config: &rdkafka::ClientConfig,
+        output_topic: &str,
+        acker: Arc<dyn Acknowledge>,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
+        let (tx, rx) = flume::unbounded();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let producer: OutputProducer = config.create_with_context(DeliveryContext {
+            acker,
+            metrics,
+            output_topic: output_topic.to_string(),
+            in_flight: in_flight.clone(),
+            retry: tx,
+        })?;
+        Ok(Publisher {
+            producer: Arc::new(producer),
+            retry: rx,
+            in_flight,
+        })
+    }
+}
 
 /// Run the producer task until `rx` is closed and everything is delivered.
 pub async fn run(
-    producer: FutureProducer,
-    mut rx: mpsc::Receiver<OutMessage>,
+    publisher: Publisher,
+    mut rx: mpsc::Receiver<Outgoing>,
     settings: PublishSettings,
     acker: Arc<dyn Acknowledge>,
     metrics: Metrics,
 ) {
-    let output: Arc<str> = settings.output_topic.as_str().into();
-    let dlq: Arc<str> = settings.dead_letter_topic.as_str().into();
-    let mut in_flight = FuturesUnordered::new();
+    let Publisher {
+        producer,
+        retry,
+        in_flight,
+    } = publisher;
+    let mut buf = Vec::with_capacity(1024);
+    let mut items = Vec::with_capacity(BATCH);
     let mut open = true;
-    while open || !in_flight.is_empty() {
+    loop {
+        let room = settings
+            .max_in_flight
+            .saturating_sub(in_flight.load(Ordering::Acquire));
         tokio::select! {
-            Some((msg, attempt, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let (msg, attempt, result): (OutMessage, u32, Result<(), KafkaError>) = (msg, attempt, result);
-                match result {
-                    Ok(()) => delivered(&msg, &output, acker.as_ref(), &metrics),
-                    Err(e) => {
-                        metrics.error("delivery", &e);
-                        let backoff = RETRY_BACKOFF_START
-                            .saturating_mul(1u32 << attempt.min(16))
-                            .min(RETRY_BACKOFF_MAX);
-                        in_flight.push(deliver(producer.clone(), topic_of(&msg, &output, &dlq), msg, attempt + 1, Some(backoff)));
-                    }
+            biased;
+            r = retry.recv_async() => {
+                let Ok(r) = r else { break };
+                let backoff = RETRY_BACKOFF_START
+                    .saturating_mul(1u32 << r.pending.attempt.min(16))
+                    .min(RETRY_BACKOFF_MAX);
+                tokio::time::sleep(backoff).await;
+                resend(&producer, &settings, r).await;
+            }
+            n = rx.recv_many(&mut items, room.clamp(1, BATCH)), if open && room > 0 => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                for item in items.drain(..) {
+                    publish(&producer, &settings, &mut buf, item, acker.as_ref(), &metrics, &in_flight).await;
+                }
+                metrics.busy("encode", started.elapsed().as_secs_f64());
+            }
+            () = tokio::time::sleep(Duration::from_millis(2)), if !open || room == 0 => {
+                if !open && in_flight.load(Ordering::Acquire) == 0 && retry.is_empty() {
+                    break;
                 }
             }
-            next = rx.recv(), if open && in_flight.len() < settings.max_in_flight => match next {
-                Some(msg) => in_flight.push(deliver(producer.clone(), topic_of(&msg, &output, &dlq), msg, 0, None)),
-                None => open = false,
-            },
         }
     }
 }
 
-fn topic_of(msg: &OutMessage, output: &Arc<str>, dlq: &Arc<str>) -> Arc<str> {
-    match msg.dest {
-        Dest::Output => output.clone(),
-        Dest::DeadLetter => dlq.clone(),
-    }
-}
-
-fn delivered(msg: &OutMessage, output: &str, acker: &dyn Acknowledge, metrics: &Metrics) {
-    if msg.dest == Dest::Output {
-        metrics.records_published.inc();
-        if let Some(src) = msg.source_ts_ms {
-            let now = chrono::Utc::now().timestamp_millis();
-            let secs = (now - src).max(0) as f64 / 1000.0;
-            metrics
-                .end_to_end
-                .with_label_values(&[output])
-                .observe(secs);
+/// Encode one item and hand it to the producer (or acknowledge it at once).
+async fn publish(
+    producer: &OutputProducer,
+    settings: &PublishSettings,
+    buf: &mut Vec<u8>,
+    item: Outgoing,
+    acker: &dyn Acknowledge,
+    metrics: &Metrics,
+    in_flight: &AtomicUsize,
+) {
+    match item {
+        Outgoing::Point(p) => {
+            buf.clear();
+            if let Err(e) = encode::score_record(&p, &settings.model_id, &settings.publish, buf) {
+                // Counted, and acknowledged so its input offset is not held forever.
+                metrics.error("encode", &e);
+                acker.ack(p.token);
+                return;
+            }
+            let pending = Box::new(Pending {
+                dest: Dest::Output,
+                token: Some(p.token),
+                source_ts_ms: p.source_ts_ms,
+                attempt: 0,
+            });
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let record = BaseRecord::with_opaque_to(&settings.output_topic, pending)
+                .key(p.series.as_bytes())
+                .payload(buf.as_slice());
+            send(producer, record).await;
         }
-    }
-    if let Some(token) = msg.token {
-        acker.ack(token);
+        Outgoing::DeadLetter(d) => {
+            let msg = encode::dead_letter(d);
+            let pending = Box::new(Pending {
+                dest: Dest::DeadLetter,
+                token: msg.token,
+                source_ts_ms: None,
+                attempt: 0,
+            });
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
+            for (key, value) in &msg.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut record = BaseRecord::with_opaque_to(&settings.dead_letter_topic, pending)
+                .payload(msg.payload.as_slice())
+                .headers(headers);
+            if let Some(key) = msg.key.as_deref() {
+                record = record.key(key.as_bytes());
+            }
+            send(producer, record).await;
+        }
+        Outgoing::Ack(token) => acker.ack(token),
     }
 }
 
-async fn deliver(
-    producer: FutureProducer,
-    topic: Arc<str>,
-    msg: OutMessage,
-    attempt: u32,
-    delay: Option<Duration>,
-) -> (OutMessage, u32, Result<(), KafkaError>) {
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
-    }
-    let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
-    for (key, value) in &msg.headers {
+/// Send a failed message again (it is still counted in flight).
+async fn resend(producer: &OutputProducer, settings: &PublishSettings, mut r: Retry) {
+    r.pending.attempt += 1;
+    let topic = match r.pending.dest {
+        Dest::Output => &settings.output_topic,
+        Dest::DeadLetter => &settings.dead_letter_topic,
+    };
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (key, value) in &r.headers {
         headers = headers.insert(Header {
             key,
-            value: Some(value.as_bytes()),
+            value: Some(value.as_slice()),
         });
     }
-    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
-        .payload(msg.payload.as_slice())
+    let mut record = BaseRecord::with_opaque_to(topic, r.pending)
+        .payload(r.payload.as_slice())
         .headers(headers);
-    if let Some(key) = msg.key.as_deref() {
+    if let Some(key) = r.key.as_deref() {
         record = record.key(key);
     }
-    let result = producer
-        .send(record, Timeout::Never)
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e);
-    (msg, attempt, result)
+    send(producer, record).await;
+}
+
+/// Hand a record to librdkafka, waiting while its queue is full.
+async fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8], Box<Pending>>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, r)) => {
+                // Not retryable by waiting (a message too large, say): the
+                // delivery callback will not run for it. Report it the way a
+                // failed delivery is reported, so it is retried with backoff.
+                let context = producer.context();
+                context.metrics.error("delivery", &e);
+                let headers = r
+                    .headers
+                    .as_ref()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let retry = Retry {
+                    key: r.key.map(<[u8]>::to_vec),
+                    payload: r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                    pending: r.delivery_opaque,
+                };
+                if context.retry.send(retry).is_err() {
+                    context.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                return;
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Operator tools that sit beside the service: replaying a file into the
-//! input topic and summarising an output topic. They use the same message
+//! input topic, generating a synthetic load, and summarising an output topic. They use the same message
 //! formats as the service and are what the demo and load tests drive.
 
+pub mod loadgen;
 pub mod replay;
 pub mod summarize;
 pub mod topics;

@@ -15,9 +15,15 @@
 //! - at most `max_series` series are kept (least recently used evicted) and
 //!   series idle for `idle_ttl` are evicted.
 //!
-//! Once a series has `min_points` grid values, every closed bucket yields a
-//! window of W positions ending with it; missing older positions are `NaN`
-//! with [`MISSING_TS`] (the model masks them).
+//! Model runs are scheduled here too, so that the schedule is a pure
+//! function of the data: once a series has `min_points` grid values, a run
+//! is due at every `stride`-th grid value (filled gap values included), and
+//! the grid value it falls on carries the context (the window of W
+//! positions ending there; missing older positions are `NaN`, the model
+//! masks them). The run forecasts the next `horizon` values. Every real
+//! grid value after a series' first run carries `step`: how many values
+//! after its covering run it lies (1..=stride), which is the forecast step
+//! it is scored against. A reset after a long gap starts the schedule over.
 //!
 //! State per series: measured at 355 bytes for a series holding one point,
 //! key included (docs/BENCHMARKS.md), plus 4 bytes per further grid value
@@ -90,6 +96,8 @@ pub struct Settings {
     pub idle_ttl_ms: i64,
     /// Cap on raw points held in one open bucket.
     pub max_points_per_bucket: usize,
+    /// A model run is due every `stride` grid values (1..=horizon).
+    pub stride: usize,
 }
 
 impl Settings {
@@ -109,23 +117,50 @@ impl Settings {
             max_series: 1_000_000,
             idle_ttl_ms: 24 * 3_600_000,
             max_points_per_bucket: 4096,
+            stride: 1,
         }
     }
 }
 
-/// A window of W positions, oldest first; missing positions come first.
+/// A window of W positions on the grid, oldest first; missing positions
+/// (a series warming up) come first and are `NaN`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     /// Values, length W; `NaN` where missing.
     pub values: Vec<f32>,
-    /// Grid timestamps (bucket starts, epoch ms), length W; [`MISSING_TS`] where missing.
-    pub ts: Vec<i64>,
+    /// Grid timestamp (bucket start, epoch ms) of the last position.
+    pub end_ts: i64,
+    /// Grid interval (ms).
+    pub interval: i64,
+    /// Number of present positions (the last `present` ones).
+    pub present: usize,
 }
 
 impl Window {
     /// Whether position `i` holds a value.
     pub fn present(&self, i: usize) -> bool {
-        self.ts.get(i).is_some_and(|t| *t != MISSING_TS)
+        i < self.values.len() && i + self.present >= self.values.len()
+    }
+
+    /// Grid timestamp of position `i` (also for missing positions: where
+    /// the grid would be).
+    pub fn ts_at(&self, i: usize) -> i64 {
+        let back = self.values.len().saturating_sub(1).saturating_sub(i) as i64;
+        self.end_ts
+            .saturating_sub(back.saturating_mul(self.interval))
+    }
+
+    /// Grid timestamps of every position, [`MISSING_TS`] where missing.
+    pub fn timestamps(&self) -> Vec<i64> {
+        (0..self.values.len())
+            .map(|i| {
+                if self.present(i) {
+                    self.ts_at(i)
+                } else {
+                    MISSING_TS
+                }
+            })
+            .collect()
     }
 }
 
@@ -136,7 +171,13 @@ pub struct Emitted {
     pub ts: i64,
     /// Aggregated value.
     pub value: f32,
-    /// The window ending here, once the series has `min_points` values.
+    /// Grid values since the run whose forecast covers this one (1 for the
+    /// value right after a run); `None` before the series' first run.
+    pub step: Option<u32>,
+    /// A value filled into a gap. It is emitted only when a run is due on
+    /// it, and is never scored or published.
+    pub filled: bool,
+    /// The window ending here, when a model run is due on this value.
     pub window: Option<Window>,
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use super::ring::Ring;
-use super::{Aggregation, Counters, Emitted, Fill, Rejected, Settings, Window, MISSING_TS};
+use super::{Aggregation, Counters, Emitted, Fill, Rejected, Settings, Window};
 
 /// Raw points of one open bucket, sorted by timestamp, one per timestamp.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +68,9 @@ pub struct Series {
     max_ts: Option<i64>,
     last_closed: Option<i64>,
     ring: Ring,
+    /// Grid values since the last run; `None` before the first run (since
+    /// the last reset).
+    since_run: Option<u32>,
     /// Processing time of the last push (for idle eviction).
     pub last_seen_ms: i64,
 }
@@ -83,6 +86,7 @@ impl Series {
             max_ts: None,
             last_closed: None,
             ring: Ring::new(s.window),
+            since_run: None,
             last_seen_ms: now_ms,
         }
     }
@@ -219,37 +223,52 @@ impl Series {
                         Fill::Forward => before,
                         Fill::Linear => before + (value - before) * k as f32 / (n + 1) as f32,
                     };
-                    self.ring.push(filled);
+                    let at = idx - (n + 1 - k) as i64;
+                    self.advance(at, filled, true, interval, s, out);
                 }
                 c.gaps_filled += n as u64;
             } else if gap > 0 {
                 self.ring.clear();
+                self.since_run = None;
                 c.resets += 1;
             }
         }
-        self.ring.push(value);
         self.last_closed = Some(idx);
-        let ts = idx.saturating_mul(interval).saturating_add(self.phase);
-        let window = (self.ring.len() >= s.min_points).then(|| self.snapshot(idx, interval));
-        out.push(Emitted { ts, value, window });
+        self.advance(idx, value, false, interval, s, out);
     }
 
-    fn snapshot(&self, last: i64, interval: i64) -> Window {
-        let values = self.ring.padded();
-        let w = values.len();
-        let present = self.ring.len();
-        let ts = (0..w)
-            .map(|i| {
-                if i + present < w {
-                    MISSING_TS
-                } else {
-                    last.saturating_sub((w - 1 - i) as i64)
-                        .saturating_mul(interval)
-                        .saturating_add(self.phase)
-                }
-            })
-            .collect();
-        Window { values, ts }
+    /// Push one grid value (real or filled) and schedule a run on it when
+    /// one is due; emit it if it is real or carries a run.
+    fn advance(
+        &mut self,
+        idx: i64,
+        value: f32,
+        filled: bool,
+        interval: i64,
+        s: &Settings,
+        out: &mut Vec<Emitted>,
+    ) {
+        let step = self.since_run.map(|k| k.saturating_add(1));
+        self.ring.push(value);
+        let due =
+            self.ring.len() >= s.min_points && step.is_none_or(|k| k as usize >= s.stride.max(1));
+        self.since_run = if due { Some(0) } else { step };
+        if filled && !due {
+            return;
+        }
+        let ts = idx.saturating_mul(interval).saturating_add(self.phase);
+        out.push(Emitted {
+            ts,
+            value,
+            step,
+            filled,
+            window: due.then(|| Window {
+                values: self.ring.padded(),
+                end_ts: ts,
+                interval,
+                present: self.ring.len(),
+            }),
+        });
     }
 
     /// Close every open bucket (end of a file). A series that never saw

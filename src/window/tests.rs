@@ -11,11 +11,12 @@ fn settings(w: usize) -> Settings {
     }
 }
 
+/// The real (not gap-filled) grid points pushing `pts` emits.
 fn push_all(win: &mut Windows, key: &str, pts: &[(i64, f32)]) -> Vec<Emitted> {
     let mut out = Vec::new();
     for &(ts, v) in pts {
         if let Ok(e) = win.push(key, ts, v, 0) {
-            out.extend(e);
+            out.extend(e.into_iter().filter(|e| !e.filled));
         }
     }
     out
@@ -35,7 +36,7 @@ fn a_bucket_closes_when_the_next_one_starts_and_windows_follow_the_grid() {
     let e = win.push("a", 3 * MIN, 4.0, 0).unwrap();
     let w = e[0].window.clone().unwrap();
     assert_eq!(w.values, vec![1.0, 2.0, 3.0]);
-    assert_eq!(w.ts, vec![0, MIN, 2 * MIN]);
+    assert_eq!(w.timestamps(), vec![0, MIN, 2 * MIN]);
 }
 
 #[test]
@@ -162,7 +163,7 @@ fn partial_windows_from_min_points() {
     let w = e.last().unwrap().window.clone().unwrap();
     assert!(w.values[0].is_nan() && w.values[1].is_nan());
     assert_eq!(&w.values[2..], &[1.0, 2.0]);
-    assert_eq!(w.ts[..2], [MISSING_TS, MISSING_TS]);
+    assert_eq!(w.timestamps()[..2], [MISSING_TS, MISSING_TS]);
     assert!(!w.present(1) && w.present(2));
 }
 
@@ -220,11 +221,62 @@ fn readme_worked_example() {
         vec![(t(10, 1, 0), 5.0), (t(10, 2, 0), 7.0)]
     );
     let e = push(t(10, 7, 0), 2.0).unwrap();
+    // The two filled values carry runs (stride 1) but are not real points.
+    assert_eq!(e.iter().filter(|x| x.filled).count(), 2);
+    let e: Vec<_> = e.into_iter().filter(|x| !x.filled).collect();
     assert_eq!((e.len(), e[0].ts, e[0].value), (1, t(10, 5, 0), 3.0));
     let w = e[0].window.as_ref().unwrap();
     assert_eq!(&w.values[2..], &[6.0, 5.0, 7.0, 7.0, 7.0, 3.0]);
     assert_eq!(win.counters().gaps_filled, 2);
     assert_eq!(win.counters().late, 1);
+}
+
+#[test]
+fn runs_are_due_every_stride_values_and_steps_count_from_the_last_run() {
+    let mut win = Windows::new(Settings {
+        stride: 3,
+        max_gap: 4,
+        ..Settings {
+            interval_ms: Some(MIN),
+            ..Settings::for_model(8, 2)
+        }
+    });
+    let pts: Vec<(i64, f32)> = (0..9).map(|i| (i * MIN, i as f32)).collect();
+    let e = push_all(&mut win, "a", &pts);
+    // Values 0..=7 are closed; the first run is due at the 2nd (min_points).
+    let runs: Vec<bool> = e.iter().map(|x| x.window.is_some()).collect();
+    assert_eq!(
+        runs,
+        vec![false, true, false, false, true, false, false, true]
+    );
+    let steps: Vec<Option<u32>> = e.iter().map(|x| x.step).collect();
+    assert_eq!(
+        steps,
+        vec![
+            None,
+            None,
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(1),
+            Some(2),
+            Some(3)
+        ]
+    );
+    // Value 8 closes when 12 arrives; 12 closes when 13 arrives, after a
+    // gap of 3 (9, 10, 11) that is filled. The run due on the filled 10 is
+    // emitted as a filled run; the real 12 is then 2 steps after it.
+    let at = |x: &Emitted| (x.ts / MIN, x.filled, x.step, x.window.is_some());
+    let e = win.push("a", 12 * MIN, 0.0, 0).unwrap();
+    assert_eq!(
+        e.iter().map(at).collect::<Vec<_>>(),
+        vec![(8, false, Some(1), false)]
+    );
+    let e = win.push("a", 13 * MIN, 0.0, 0).unwrap();
+    assert_eq!(
+        e.iter().map(at).collect::<Vec<_>>(),
+        vec![(10, true, Some(3), true), (12, false, Some(2), false)]
+    );
 }
 
 /// All emitted grid points of `key` after pushing `pts` in order and flushing.
@@ -259,7 +311,8 @@ proptest! {
         for (x, y) in a.iter().zip(&b) {
             prop_assert_eq!(x.ts, y.ts);
             prop_assert_eq!(x.value.to_bits(), y.value.to_bits());
-            prop_assert_eq!(x.window.as_ref().map(|w| w.ts.clone()), y.window.as_ref().map(|w| w.ts.clone()));
+            prop_assert_eq!(x.window.as_ref().map(Window::timestamps), y.window.as_ref().map(Window::timestamps));
+            prop_assert_eq!(x.step, y.step);
             let bits = |w: &Option<Window>| w.as_ref().map(|w| w.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
             prop_assert_eq!(bits(&x.window), bits(&y.window));
         }
@@ -277,8 +330,9 @@ proptest! {
         }
         for e in &out {
             if let Some(w) = &e.window {
-                prop_assert_eq!(*w.ts.last().unwrap(), e.ts);
-                let present: Vec<i64> = w.ts.iter().copied().filter(|t| *t != MISSING_TS).collect();
+                let ts = w.timestamps();
+                prop_assert_eq!(*ts.last().unwrap(), e.ts);
+                let present: Vec<i64> = ts.iter().copied().filter(|t| *t != MISSING_TS).collect();
                 prop_assert!(present.windows(2).all(|p| p[0] < p[1]));
             }
         }

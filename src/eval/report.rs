@@ -1,0 +1,222 @@
+//! Scoring detector results with the NAB rules, and the summary tables.
+//!
+//! Oracle figures use one threshold per profile swept over the whole corpus
+//! (they use the labels); online figures use the service's own flags. Per
+//! category, the oracle figure keeps the corpus threshold (a per-category
+//! threshold would be a stronger oracle still). A category without labelled
+//! windows (artificialNoAnomaly) has no normalised score: its false
+//! positives are counted instead.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::nab::{self, LabeledFile, PROFILES};
+use super::{FileResult, NabFile};
+
+/// Figures of one category under the standard profile.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CategoryFigures {
+    /// Labelled windows in the category.
+    pub windows: usize,
+    /// Normalised score at the corpus oracle threshold (None without windows).
+    pub oracle: Option<f64>,
+    /// Normalised score of the online flags (None without windows).
+    pub online: Option<f64>,
+    /// Detections outside windows after probation, at the oracle threshold.
+    pub oracle_fp: usize,
+    /// The same for the online flags.
+    pub online_fp: usize,
+    /// Windows detected at the oracle threshold.
+    pub oracle_tp: usize,
+    /// Windows detected by the online flags.
+    pub online_tp: usize,
+}
+
+/// Oracle and online figures of one detector.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DetectorReport {
+    /// Detector name (the result directory name).
+    pub name: String,
+    /// Profile -> (normalised score, threshold) with the best corpus threshold.
+    pub oracle: BTreeMap<String, (f64, f64)>,
+    /// Profile -> normalised score of the online flags.
+    pub online: BTreeMap<String, f64>,
+    /// Category -> standard-profile figures.
+    pub categories: BTreeMap<String, CategoryFigures>,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Model FLOPs per scored point (the model's per-run FLOPs / stride).
+    pub flops_per_point: f64,
+}
+
+/// (true positives, false positives) of `detections` on `f`, after probation.
+fn counts(f: &LabeledFile, detections: &[bool]) -> (usize, usize) {
+    let start = nab::probation(f.rows);
+    let inside = |i: usize| f.windows.iter().any(|&(l, r)| l <= i && i <= r);
+    let fp = detections
+        .iter()
+        .enumerate()
+        .skip(start)
+        .filter(|(i, d)| **d && !inside(*i))
+        .count();
+    let tp = f
+        .windows
+        .iter()
+        .filter(|&&(l, r)| (l.max(start)..=r).any(|i| detections.get(i).copied().unwrap_or(false)))
+        .count();
+    (tp, fp)
+}
+
+/// Score one detector's results.
+pub fn score(
+    name: &str,
+    files: &[NabFile],
+    results: &[FileResult],
+    seconds: f64,
+    flops_per_point: f64,
+) -> DetectorReport {
+    let mut oracle = BTreeMap::new();
+    let mut online = BTreeMap::new();
+    for p in PROFILES {
+        let cont: Vec<(&LabeledFile, &[f64])> = files
+            .iter()
+            .zip(results)
+            .map(|(f, r)| (&f.labels, r.unit.as_slice()))
+            .collect();
+        oracle.insert(p.name.to_string(), nab::sweep(&cont, &p));
+        let flags: Vec<(&LabeledFile, Vec<bool>)> = files
+            .iter()
+            .zip(results)
+            .map(|(f, r)| (&f.labels, r.flag.clone()))
+            .collect();
+        online.insert(p.name.to_string(), nab::corpus_score(&flags, &p));
+    }
+    let standard = PROFILES[0];
+    let threshold = oracle.get(standard.name).map_or(f64::INFINITY, |x| x.1);
+    let mut categories = BTreeMap::new();
+    let mut names: Vec<&str> = files.iter().map(|f| f.category.as_str()).collect();
+    names.dedup();
+    for cat in names {
+        let mine: Vec<(&NabFile, &FileResult)> = files
+            .iter()
+            .zip(results)
+            .filter(|(f, _)| f.category == cat)
+            .collect();
+        let windows: usize = mine.iter().map(|(f, _)| f.labels.windows.len()).sum();
+        let at_oracle: Vec<(&LabeledFile, Vec<bool>)> = mine
+            .iter()
+            .map(|(f, r)| (&f.labels, r.unit.iter().map(|x| *x >= threshold).collect()))
+            .collect();
+        let flags: Vec<(&LabeledFile, Vec<bool>)> = mine
+            .iter()
+            .map(|(f, r)| (&f.labels, r.flag.clone()))
+            .collect();
+        let sum = |d: &[(&LabeledFile, Vec<bool>)]| {
+            d.iter().fold((0, 0), |acc, (f, x)| {
+                let (tp, fp) = counts(f, x);
+                (acc.0 + tp, acc.1 + fp)
+            })
+        };
+        let (oracle_tp, oracle_fp) = sum(&at_oracle);
+        let (online_tp, online_fp) = sum(&flags);
+        categories.insert(
+            cat.to_string(),
+            CategoryFigures {
+                windows,
+                oracle: (windows > 0).then(|| nab::corpus_score(&at_oracle, &standard)),
+                online: (windows > 0).then(|| nab::corpus_score(&flags, &standard)),
+                oracle_fp,
+                online_fp,
+                oracle_tp,
+                online_tp,
+            },
+        );
+    }
+    DetectorReport {
+        name: name.to_string(),
+        oracle,
+        online,
+        categories,
+        seconds,
+        flops_per_point,
+    }
+}
+
+/// The results tables (markdown): the corpus, then each category.
+pub fn render(reports: &[DetectorReport], files: &[NabFile], model_id: &str) -> String {
+    let windows: usize = files.iter().map(|f| f.labels.windows.len()).sum();
+    let rows: usize = files.iter().map(|f| f.ts.len()).sum();
+    let mut s = format!(
+        "NAB scores on {} files ({rows} rows, {windows} windows); model {model_id}\n\n\
+         | detector | oracle std / lowFP / lowFN | online std / lowFP / lowFN | MFLOP/point | seconds |\n|---|---|---|---|---|\n",
+        files.len()
+    );
+    for r in reports {
+        let o = |p: &str| r.oracle.get(p).map_or(f64::NAN, |x| x.0);
+        let n = |p: &str| r.online.get(p).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.3} | {:.1} |",
+            r.name,
+            o("standard"),
+            o("reward_low_FP_rate"),
+            o("reward_low_FN_rate"),
+            n("standard"),
+            n("reward_low_FP_rate"),
+            n("reward_low_FN_rate"),
+            r.flops_per_point / 1e6,
+            r.seconds
+        );
+    }
+    let cats: Vec<String> = reports
+        .first()
+        .map(|r| r.categories.keys().cloned().collect())
+        .unwrap_or_default();
+    if !cats.is_empty() {
+        s.push_str("\nPer category, standard profile, oracle (corpus threshold) / online; windows caught and false positives after probation as (TP/windows, FP). A category without windows has no normalised score.\n\n| detector |");
+        for c in &cats {
+            let _ = write!(s, " {c} |");
+        }
+        s.push_str(" worst |\n|---|");
+        for _ in &cats {
+            s.push_str("---|");
+        }
+        s.push_str("---|\n");
+        for r in reports {
+            let _ = write!(s, "| {} |", r.name);
+            let mut worst: Option<(f64, f64)> = None;
+            for c in &cats {
+                let Some(f) = r.categories.get(c) else {
+                    s.push_str(" |");
+                    continue;
+                };
+                match (f.oracle, f.online) {
+                    (Some(o), Some(n)) => {
+                        worst = Some(worst.map_or((o, n), |(a, b)| (a.min(o), b.min(n))));
+                        let _ = write!(
+                            s,
+                            " {o:.1} / {n:.1} ({}/{}, {}; {}/{}, {}) |",
+                            f.oracle_tp,
+                            f.windows,
+                            f.oracle_fp,
+                            f.online_tp,
+                            f.windows,
+                            f.online_fp
+                        );
+                    }
+                    _ => {
+                        let _ = write!(s, " FP {} / {} |", f.oracle_fp, f.online_fp);
+                    }
+                }
+            }
+            match worst {
+                Some((o, n)) => {
+                    let _ = writeln!(s, " {o:.1} / {n:.1} |");
+                }
+                None => s.push_str(" |\n"),
+            }
+        }
+    }
+    s.push_str("\noracle: one threshold per profile swept over the whole corpus (chosen with the labels); online: the service's own anomaly flag.\n");
+    s
+}

@@ -1,0 +1,339 @@
+//! `attnwatch loadgen`: a synthetic input load for benchmarks and soak tests.
+//!
+//! N series x M points, each series a daily-like sine with noise on its own
+//! level, amplitude and phase, on a regular grid of `interval`. Points go
+//! out time step by time step (every series at t, then at t + 1), keyed by
+//! series, so each series is in order within its partition. A message holds
+//! `per_message` consecutive points of one series (a JSON array when more
+//! than one). A share of points carries an injected anomaly (a spike of 5-9
+//! amplitudes), and a share of records is malformed in one of the ways the
+//! decoder rejects, interleaved with good ones.
+//!
+//! Unpaced by default; with `rate`, points are offered at that steady rate
+//! (for latency under a known load). The record timestamps are the grid
+//! times; the Kafka message timestamp is the send time, which is what the
+//! service's end-to-end latency is measured from.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Target topic (created with `partitions` if missing).
+    pub topic: String,
+    /// Partitions of the topic when it is created.
+    pub partitions: i32,
+    /// Number of series.
+    pub series: usize,
+    /// Points per series.
+    pub points: usize,
+    /// Grid interval (ms).
+    pub interval_ms: i64,
+    /// Timestamp of the first point (epoch ms).
+    pub start_ms: i64,
+    /// Points per message.
+    pub per_message: usize,
+    /// Share of points with an injected spike.
+    pub anomaly_rate: f64,
+    /// Share of records that are malformed.
+    pub bad_rate: f64,
+    /// Offered load in points per second (None: as fast as possible).
+    pub rate: Option<f64>,
+    /// Seed of the generator.
+    pub seed: u64,
+}
+
+/// What was produced.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadReport {
+    /// Messages produced and acknowledged.
+    pub messages: u64,
+    /// Good points among them.
+    pub points: u64,
+    /// Malformed records among them.
+    pub bad: u64,
+    /// Points with an injected anomaly.
+    pub anomalies: u64,
+    /// Wall seconds from the first send to the last acknowledgement.
+    pub seconds: f64,
+}
+
+/// Errors of the load generator.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Some messages were not delivered.
+    #[error("{0} messages were not delivered")]
+    Undelivered(u64),
+}
+
+/// A small, fast, seedable generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal (sum of 12 uniforms minus 6).
+    pub fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
+    }
+}
+
+/// The ways a record is malformed, rotated through.
+const BAD_KINDS: [&str; 6] = [
+    "{not json",
+    r#"{"series":"S","ts":"not a time","value":1}"#,
+    r#"{"series":"S","ts":1700000000000}"#,
+    r#"{"series":"S","ts":1700000000000,"value":"x"}"#,
+    r#"{"ts":1700000000000,"value":1}"#,
+    r#"{"series":"S","ts":1700000000000,"value":1e999}"#,
+];
+
+/// One series' shape.
+struct Shape {
+    name: String,
+    level: f64,
+    amp: f64,
+    period: f64,
+    phase: f64,
+}
+
+/// The JSON of point `t` of a series, and whether it is an injected anomaly.
+fn point(s: &Shape, t: usize, spec: &LoadSpec, rng: &mut Rng) -> (String, bool) {
+    let ts = spec.start_ms + t as i64 * spec.interval_ms;
+    let mut v = s.level
+        + s.amp * (std::f64::consts::TAU * t as f64 / s.period + s.phase).sin()
+        + 0.1 * s.amp * rng.normal();
+    let anomaly = rng.uniform() < spec.anomaly_rate;
+    if anomaly {
+        let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+        v += sign * (5.0 + 4.0 * rng.uniform()) * s.amp;
+    }
+    (
+        format!(r#"{{"series":"{}","ts":{ts},"value":{v:.6}}}"#, s.name),
+        anomaly,
+    )
+}
+
+struct Counting {
+    failed: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Create the topic if needed, then produce the load. `progress` is called
+/// with the messages sent so far about once a second.
+pub async fn run(spec: &LoadSpec, mut progress: impl FnMut(u64)) -> Result<LoadReport, LoadError> {
+    create_topic(spec).await?;
+    let failed = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Counting> = ClientConfig::new()
+        .set("bootstrap.servers", &spec.brokers)
+        .set("linger.ms", if spec.rate.is_some() { "0" } else { "20" })
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("compression.type", "lz4")
+        .set("acks", "all")
+        .create_with_context(Counting {
+            failed: failed.clone(),
+            acked: acked.clone(),
+        })?;
+    let mut rng = Rng::new(spec.seed);
+    let shapes: Vec<Shape> = (0..spec.series)
+        .map(|i| Shape {
+            name: format!("s{i:06}"),
+            level: 20.0 * rng.uniform() - 10.0,
+            amp: 0.5 + 4.5 * rng.uniform(),
+            period: 20.0 + 280.0 * rng.uniform(),
+            phase: std::f64::consts::TAU * rng.uniform(),
+        })
+        .collect();
+    let k = spec.per_message.max(1);
+    let mut report = LoadReport::default();
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut bad_kind = 0usize;
+    let mut offered = 0u64;
+    for t0 in (0..spec.points).step_by(k) {
+        for s in &shapes {
+            let mut records = Vec::with_capacity(k);
+            for t in t0..(t0 + k).min(spec.points) {
+                if rng.uniform() < spec.bad_rate {
+                    records.push(BAD_KINDS[bad_kind % BAD_KINDS.len()].replace('S', &s.name));
+                    bad_kind += 1;
+                    report.bad += 1;
+                }
+                let (json, anomaly) = point(s, t, spec, &mut rng);
+                records.push(json);
+                report.points += 1;
+                report.anomalies += u64::from(anomaly);
+            }
+            let payload = if records.len() == 1 {
+                records.swap_remove(0)
+            } else if records.iter().any(|r| r.starts_with("{not")) {
+                // An invalid record inside an array would spoil the array:
+                // send it on its own.
+                let (bad, good): (Vec<String>, Vec<String>) =
+                    records.into_iter().partition(|r| r.starts_with("{not"));
+                for b in bad {
+                    send(&producer, &spec.topic, &s.name, b.as_bytes())?;
+                    report.messages += 1;
+                }
+                format!("[{}]", good.join(","))
+            } else {
+                format!("[{}]", records.join(","))
+            };
+            send(&producer, &spec.topic, &s.name, payload.as_bytes())?;
+            report.messages += 1;
+            offered += (t0 + k).min(spec.points).saturating_sub(t0) as u64;
+            if let Some(rate) = spec.rate {
+                let due = Duration::from_secs_f64(offered as f64 / rate.max(1e-9));
+                let elapsed = started.elapsed();
+                if due > elapsed {
+                    tokio::time::sleep(due - elapsed).await;
+                }
+            }
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                progress(report.messages);
+                last_progress = Instant::now();
+            }
+        }
+    }
+    let producer = tokio::task::spawn_blocking(move || {
+        let flushed = producer.flush(Duration::from_secs(120));
+        (producer, flushed)
+    })
+    .await
+    .map_err(|_| LoadError::Undelivered(u64::MAX))?;
+    producer.1?;
+    report.seconds = started.elapsed().as_secs_f64();
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(LoadError::Undelivered(failed));
+    }
+    Ok(report)
+}
+
+fn send(
+    producer: &ThreadedProducer<Counting>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+async fn create_topic(spec: &LoadSpec) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &spec.brokers)
+        .create()?;
+    let topic = NewTopic::new(&spec.topic, spec.partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics([&topic], &opts).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_are_valid_json_on_the_grid_and_anomalies_are_injected_at_the_rate() {
+        let spec = LoadSpec {
+            brokers: String::new(),
+            topic: String::new(),
+            partitions: 1,
+            series: 1,
+            points: 10_000,
+            interval_ms: 60_000,
+            start_ms: 1_700_000_000_000,
+            per_message: 1,
+            anomaly_rate: 0.01,
+            bad_rate: 0.0,
+            rate: None,
+            seed: 3,
+        };
+        let shape = Shape {
+            name: "s1".into(),
+            level: 1.0,
+            amp: 2.0,
+            period: 50.0,
+            phase: 0.0,
+        };
+        let mut rng = Rng::new(1);
+        let mut anomalies = 0;
+        for t in 0..spec.points {
+            let (json, a) = point(&shape, t, &spec, &mut rng);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["ts"], spec.start_ms + t as i64 * 60_000);
+            assert!(v["value"].as_f64().unwrap().is_finite());
+            anomalies += usize::from(a);
+        }
+        assert!((60..=140).contains(&anomalies), "{anomalies}");
+    }
+
+    #[test]
+    fn every_bad_kind_is_rejected_by_the_decoder() {
+        use crate::ingest::decode::{decode, FeatureSet};
+        for bad in BAD_KINDS {
+            let bad = bad.replace('S', "s1");
+            let out = decode(bad.as_bytes(), &FeatureSet::default());
+            assert!(out.iter().all(Result::is_err), "{bad} decoded");
+        }
+    }
+}
