@@ -99,8 +99,9 @@ pub struct KafkaConfig {
     #[serde(default = "default_rebuild_messages")]
     pub rebuild_messages: i64,
     /// Extra librdkafka properties, applied to both consumer and producer
-    /// (for example `"security.protocol" = "SSL"`).
-    #[serde(default)]
+    /// (for example `"security.protocol" = "SSL"`, or `"linger.ms" = 1`;
+    /// numbers and booleans are passed on as text).
+    #[serde(default, deserialize_with = "scalars_as_strings")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -318,6 +319,30 @@ pub struct ShutdownConfig {
     /// flush the producer, commit offsets.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace: Duration,
+}
+
+/// A table of scalars (strings, numbers, booleans), each as its text.
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, toml::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "kafka.options.{k}: expected a string, number or boolean, found {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
 }
 
 fn default_infer_points() -> usize {
@@ -649,6 +674,21 @@ mod tests {
         assert_eq!(c.model.max_batch, 32);
         assert_eq!(c.model.max_delay, Duration::from_millis(20));
         assert_eq!(c.publish.attention, AttentionDetail::Row);
+    }
+
+    #[test]
+    fn kafka_options_take_numbers_and_booleans_as_text() {
+        let c = Config::from_toml_and_env(
+            "[kafka.options]\n\"linger.ms\" = 1\n\"enable.ssl.certificate.verification\" = false\n",
+            env(&[("ATTNWATCH__KAFKA__OPTIONS__FETCH.MAX.BYTES", "1048576")]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.options["linger.ms"], "1");
+        assert_eq!(
+            c.kafka.options["enable.ssl.certificate.verification"],
+            "false"
+        );
+        assert_eq!(c.kafka.options["fetch.max.bytes"], "1048576");
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub enum BacktestError {
     Model(#[from] ModelError),
     /// Encoding an output row.
     #[error("encoding output: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(#[from] crate::publish::encode::EncodeError),
+    /// Reading an encoded row back.
+    #[error("decoding output: {0}")]
+    Json(#[from] serde_json::Error),
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

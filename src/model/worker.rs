@@ -13,10 +13,12 @@
 //! A thread ends when its input channel is closed and drained, which is how
 //! shutdown drains inference.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// A fast (non-DoS-resistant) hash for series keys: they are looked up
+// several times per value here, and they come from our own window stage.
+use hashbrown::HashSet;
 use tokio::sync::mpsc;
 
 use super::forecast::{Explanation, Forecast, Shape};
@@ -100,7 +102,8 @@ impl Pending {
 /// later value of its series is scored. The result is therefore the same
 /// however the jobs are cut into batches.
 ///
-/// Returns one item per job that owes an output, in job order. An
+/// Returns one item per job that owes an output, in job order within each
+/// series (series may interleave differently from the input). An
 /// inference failure is counted and leaves the affected series without a
 /// forecast; their values are dead-lettered (`no_forecast`) until the next
 /// run succeeds.
@@ -115,62 +118,97 @@ pub fn process_batch(
     let mut stats = BatchStats::default();
     let mut pending = Pending::new();
     let max_batch = max_batch.max(1);
-    for mut job in jobs {
-        if job
-            .features
-            .iter()
-            .any(|f| f.scored() && pending.waiting.contains(&f.key))
-        {
-            flush(model, scorer, &mut pending, &mut stats, metrics);
-        }
-        let mut features = Vec::with_capacity(job.features.len());
-        let mut missing = 0usize;
-        for f in &mut job.features {
-            if let Some(step) = f.step.filter(|_| !f.filled) {
-                match scorer.score(&f.key, f.value, step) {
-                    Some(p) => {
-                        stats.scored += 1;
-                        features.push(FeatureScore {
-                            feature: f.feature.clone(),
-                            value: f.value,
-                            scored: p.scored,
-                            expected: p.expected,
-                            expected_std: p.expected_std,
-                            explanation: p.explanation,
-                        });
-                    }
-                    None => missing += 1,
-                }
+    let mut round = jobs;
+    // Rounds: a job whose series still waits for a queued run (or is behind
+    // such a job) is deferred to the next round, after the queued runs are
+    // executed. Other series go on, so the runs of many series share an
+    // inference call even when each message holds many points of one series.
+    let mut blocked: HashSet<Arc<str>> = HashSet::new();
+    while !round.is_empty() {
+        let mut deferred = Vec::new();
+        for job in round {
+            let waits = job.features.iter().any(|f| {
+                blocked.contains(&f.key) || (f.scored() && pending.waiting.contains(&f.key))
+            });
+            if waits {
+                blocked.extend(job.features.iter().map(|f| f.key.clone()));
+                deferred.push(job);
+                continue;
             }
-            if let Some(context) = f.run.take() {
-                pending.waiting.insert(f.key.clone());
-                pending.keys.push(f.key.clone());
-                pending.contexts.push(context);
-                if pending.keys.len() >= max_batch {
-                    flush(model, scorer, &mut pending, &mut stats, metrics);
-                }
+            if let Some(item) = process_job(
+                model,
+                scorer,
+                job,
+                &mut pending,
+                max_batch,
+                &mut stats,
+                metrics,
+            ) {
+                out.push(item);
             }
         }
-        if !job.publishes() {
-            continue;
+        flush(model, scorer, &mut pending, &mut stats, metrics);
+        blocked.clear();
+        round = deferred;
+    }
+    (out, stats)
+}
+
+/// Score one job's values and queue the runs due on it; the item it owes
+/// the publish stage, if any.
+fn process_job(
+    model: &mut dyn Forecaster,
+    scorer: &mut Scorer,
+    mut job: Job,
+    pending: &mut Pending,
+    max_batch: usize,
+    stats: &mut BatchStats,
+    metrics: Option<&Metrics>,
+) -> Option<Outgoing> {
+    let mut features = Vec::with_capacity(job.features.len());
+    let mut missing = 0usize;
+    for f in &mut job.features {
+        if let Some(step) = f.step.filter(|_| !f.filled) {
+            match scorer.score(&f.key, f.value, step) {
+                Some(p) => {
+                    stats.scored += 1;
+                    features.push(FeatureScore {
+                        feature: f.feature.clone(),
+                        value: f.value,
+                        scored: p.scored,
+                        expected: p.expected,
+                        expected_std: p.expected_std,
+                        explanation: p.explanation,
+                    });
+                }
+                None => missing += 1,
+            }
         }
-        stats.unscored += missing as u64;
-        if features.is_empty() {
-            out.push(Outgoing::DeadLetter(unscored(&job)));
-        } else {
-            out.push(Outgoing::Point(ScoredPoint {
-                series: job.series,
-                ts: job.ts,
-                value: job.value,
-                labels: job.labels,
-                features,
-                token: job.token,
-                source_ts_ms: job.source_ts_ms,
-            }));
+        if let Some(context) = f.run.take() {
+            pending.waiting.insert(f.key.clone());
+            pending.keys.push(f.key.clone());
+            pending.contexts.push(context);
+            if pending.keys.len() >= max_batch {
+                flush(model, scorer, pending, stats, metrics);
+            }
         }
     }
-    flush(model, scorer, &mut pending, &mut stats, metrics);
-    (out, stats)
+    if !job.publishes() {
+        return None;
+    }
+    stats.unscored += missing as u64;
+    if features.is_empty() {
+        return Some(Outgoing::DeadLetter(unscored(&job)));
+    }
+    Some(Outgoing::Point(ScoredPoint {
+        series: job.series,
+        ts: job.ts,
+        value: job.value,
+        labels: job.labels,
+        features,
+        token: job.token,
+        source_ts_ms: job.source_ts_ms,
+    }))
 }
 
 /// Run the queued contexts in one inference call and store the forecasts.
@@ -481,6 +519,30 @@ mod tests {
         assert_eq!(model.calls, vec![2, 2], "a0+b0 together, a1+b1 together");
         assert_eq!((stats.runs, stats.calls, stats.scored), (4, 2, 2));
         assert_eq!(scores(&items), vec![(1, 1.0), (1, 2.0)]);
+    }
+
+    #[test]
+    fn runs_share_calls_even_when_each_series_comes_in_a_block() {
+        // Many points of one series per message: a0 a1 a2 b0 b1 b2.
+        let mut model = Persistence::new(2, 1);
+        let mut scorer = Scorer::new(ScoreConfig::default(), 10);
+        let (a, b) = (
+            jobs("a", &[1.0, 2.0, 4.0], 2),
+            jobs("b", &[5.0, 7.0, 10.0], 2),
+        );
+        let batch: Vec<Job> = a.iter().chain(&b).cloned().collect();
+        let (items, _) = process_batch(&mut model, &mut scorer, batch, 64, None);
+        assert_eq!(model.calls, vec![2, 2, 2]);
+        // Per series, the same scores in the same order as one at a time.
+        let got = scores(&items);
+        let of = |ts: i64| {
+            got.iter()
+                .filter(|x| x.0 == ts)
+                .map(|x| x.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(1), vec![1.0, 2.0]);
+        assert_eq!(of(2), vec![2.0, 3.0]);
     }
 
     #[test]

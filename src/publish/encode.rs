@@ -8,14 +8,11 @@
 //! follows `publish.attention`: the forecasting token's attention over the
 //! context, as time ranges.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
-
 use crate::config::{AttentionDetail, PublishConfig};
-use crate::flow::{DeadLetter, ScoredPoint, Token};
+use crate::flow::{DeadLetter, FeatureScore, ScoredPoint, Token};
 use crate::model::forecast::Explanation;
-use crate::score::Channels;
+
+use super::json;
 
 /// Header with the dead-letter reason code.
 pub const REASON_HEADER: &str = "attnwatch.reason";
@@ -48,115 +45,12 @@ pub struct OutMessage {
     pub source_ts_ms: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct Record<'a> {
-    series: &'a str,
-    ts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    values: Option<BTreeMap<&'a str, f32>>,
-    score: f64,
-    threshold: f64,
-    anomaly: bool,
-    raw_score: f64,
-    channels: ChannelRecord,
-    expected: f32,
-    expected_std: f32,
-    model: &'a str,
-    labels: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    features: Option<Vec<FeatureRecord<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attention: Option<Attention>,
-}
-
-#[derive(Serialize)]
-struct ChannelRecord {
-    point: f64,
-    run: f64,
-    shift: f64,
-    novelty: f64,
-}
-
-impl From<Channels> for ChannelRecord {
-    fn from(c: Channels) -> Self {
-        ChannelRecord {
-            point: c.point,
-            run: c.run,
-            shift: c.shift,
-            novelty: c.novelty,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct FeatureRecord<'a> {
-    name: &'a str,
-    score: f64,
-    raw_score: f64,
-    anomaly: bool,
-}
-
-#[derive(Serialize)]
-struct Attention {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top: Option<Vec<RangeRecord>>,
-    /// Time range of each context token; `null` where it has no data.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tokens: Option<Vec<Option<[i64; 2]>>>,
-    /// Per layer, attention per token (mean over heads).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    layers: Option<Vec<Vec<f32>>>,
-}
-
-#[derive(Serialize)]
-struct RangeRecord {
-    start_ts: i64,
-    end_ts: i64,
-    weight: f32,
-}
-
-fn attention(e: &Explanation, cfg: &PublishConfig) -> Option<Attention> {
-    match cfg.attention {
-        AttentionDetail::None => None,
-        _ if e.layers == 0 => None,
-        AttentionDetail::TopK => Some(Attention {
-            top: Some(
-                e.top(cfg.top_k)
-                    .map(|r| RangeRecord {
-                        start_ts: r.start_ts,
-                        end_ts: r.end_ts,
-                        weight: r.weight,
-                    })
-                    .collect(),
-            ),
-            tokens: None,
-            layers: None,
-        }),
-        AttentionDetail::Row => Some(Attention {
-            top: None,
-            tokens: Some(
-                (0..e.tokens())
-                    .map(|k| {
-                        e.token_present(k).then(|| {
-                            let (a, b) = e.token_range(k);
-                            [a, b]
-                        })
-                    })
-                    .collect(),
-            ),
-            layers: Some((0..e.layers).map(|l| e.layer(l).to_vec()).collect()),
-        }),
-    }
-}
-
 /// Encode a scored point for the output topic.
 pub fn score_message(
     point: &ScoredPoint,
     model_id: &str,
     cfg: &PublishConfig,
-) -> Result<OutMessage, serde_json::Error> {
+) -> Result<OutMessage, EncodeError> {
     let mut payload = Vec::with_capacity(512);
     score_record(point, model_id, cfg, &mut payload)?;
     Ok(OutMessage {
@@ -170,56 +64,178 @@ pub fn score_message(
 }
 
 /// Append the JSON record of a scored point to `out` (the producer task
-/// reuses one buffer for every record).
+/// reuses one buffer for every record). Field order: series, ts,
+/// value/values, score, threshold, anomaly, raw_score, channels, expected,
+/// expected_std, model, labels, features, attention.
 pub fn score_record(
     point: &ScoredPoint,
     model_id: &str,
     cfg: &PublishConfig,
     out: &mut Vec<u8>,
-) -> Result<(), serde_json::Error> {
+) -> Result<(), EncodeError> {
     let Some(driver) = point.driver() else {
-        return Err(serde::ser::Error::custom("scored point without features"));
+        return Err(EncodeError::NoFeatures);
     };
-    let multi = point.value.is_none();
-    let values = multi.then(|| {
-        point
-            .features
-            .iter()
-            .map(|f| (&*f.feature, f.value))
-            .collect()
+    let s = &driver.scored;
+    out.push(b'{');
+    json::key(out, "series");
+    json::string(out, &point.series);
+    out.extend_from_slice(b",\"ts\":");
+    json::int(out, point.ts);
+    match point.value {
+        Some(v) => {
+            out.extend_from_slice(b",\"value\":");
+            json::f32(out, v);
+        }
+        None => {
+            out.extend_from_slice(b",\"values\":{");
+            let mut sorted: Vec<&FeatureScore> = point.features.iter().collect();
+            sorted.sort_by(|a, b| a.feature.cmp(&b.feature));
+            for (i, f) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::key(out, &f.feature);
+                json::f32(out, f.value);
+            }
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b",\"score\":");
+    json::f64(out, s.score);
+    out.extend_from_slice(b",\"threshold\":");
+    json::f64(out, s.threshold);
+    out.extend_from_slice(if point.anomaly() {
+        b",\"anomaly\":true"
+    } else {
+        b",\"anomaly\":false"
     });
-    let features = multi.then(|| {
-        let mut f: Vec<FeatureRecord> = point
-            .features
-            .iter()
-            .map(|f| FeatureRecord {
-                name: &f.feature,
-                score: f.scored.score,
-                raw_score: f.scored.raw_score,
-                anomaly: f.scored.anomaly,
-            })
-            .collect();
-        f.sort_by(|a, b| b.score.total_cmp(&a.score));
-        f
-    });
-    let record = Record {
-        series: &point.series,
-        ts: point.ts,
-        value: point.value,
-        values,
-        score: driver.scored.score,
-        threshold: driver.scored.threshold,
-        anomaly: point.anomaly(),
-        raw_score: driver.scored.raw_score,
-        channels: driver.scored.channels.into(),
-        expected: driver.expected,
-        expected_std: driver.expected_std,
-        model: model_id,
-        labels: &point.labels,
-        features,
-        attention: attention(&driver.explanation, cfg),
-    };
-    serde_json::to_writer(out, &record)
+    out.extend_from_slice(b",\"raw_score\":");
+    json::f64(out, s.raw_score);
+    let c = &s.channels;
+    for (i, (name, v)) in [
+        ("point", c.point),
+        ("run", c.run),
+        ("shift", c.shift),
+        ("novelty", c.novelty),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.extend_from_slice(if i == 0 { b",\"channels\":{" } else { b"," });
+        json::key(out, name);
+        json::f32(out, v as f32);
+    }
+    out.extend_from_slice(b"},\"expected\":");
+    json::f32(out, driver.expected);
+    out.extend_from_slice(b",\"expected_std\":");
+    json::f32(out, driver.expected_std);
+    out.extend_from_slice(b",\"model\":");
+    json::string(out, model_id);
+    out.extend_from_slice(b",\"labels\":{");
+    for (i, (k, v)) in point.labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::key(out, k);
+        json::string(out, v);
+    }
+    out.push(b'}');
+    if point.value.is_none() {
+        let mut f: Vec<&FeatureScore> = point.features.iter().collect();
+        f.sort_by(|a, b| b.scored.score.total_cmp(&a.scored.score));
+        out.extend_from_slice(b",\"features\":[");
+        for (i, f) in f.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            json::string(out, &f.feature);
+            out.extend_from_slice(b",\"score\":");
+            json::f64(out, f.scored.score);
+            out.extend_from_slice(b",\"raw_score\":");
+            json::f64(out, f.scored.raw_score);
+            out.extend_from_slice(if f.scored.anomaly {
+                b",\"anomaly\":true}"
+            } else {
+                b",\"anomaly\":false}"
+            });
+        }
+        out.push(b']');
+    }
+    attention(&driver.explanation, cfg, out);
+    out.push(b'}');
+    Ok(())
+}
+
+/// Append `,"attention":{...}` per `publish.attention` (nothing for `none`
+/// or a forecaster without attention).
+fn attention(e: &Explanation, cfg: &PublishConfig, out: &mut Vec<u8>) {
+    if e.layers == 0 || cfg.attention == AttentionDetail::None {
+        return;
+    }
+    out.extend_from_slice(b",\"attention\":{");
+    match cfg.attention {
+        AttentionDetail::None => {}
+        AttentionDetail::TopK => {
+            out.extend_from_slice(b"\"top\":[");
+            for (i, r) in e.top(cfg.top_k).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"start_ts\":");
+                json::int(out, r.start_ts);
+                out.extend_from_slice(b",\"end_ts\":");
+                json::int(out, r.end_ts);
+                out.extend_from_slice(b",\"weight\":");
+                json::f32(out, r.weight);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        AttentionDetail::Row => {
+            out.extend_from_slice(b"\"tokens\":[");
+            for k in 0..e.tokens() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                if e.token_present(k) {
+                    let (a, b) = e.token_range(k);
+                    out.push(b'[');
+                    json::int(out, a);
+                    out.push(b',');
+                    json::int(out, b);
+                    out.push(b']');
+                } else {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            out.extend_from_slice(b"],\"layers\":[");
+            for l in 0..e.layers {
+                if l > 0 {
+                    out.push(b',');
+                }
+                out.push(b'[');
+                for (i, w) in e.layer(l).iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json::f32(out, *w);
+                }
+                out.push(b']');
+            }
+            out.push(b']');
+        }
+    }
+    out.push(b'}');
+}
+
+/// Why a point cannot be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The point has no scored feature.
+    #[error("scored point without features")]
+    NoFeatures,
 }
 
 /// A dead letter: the original bytes, the reason code and detail as headers.
@@ -242,9 +258,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::flow::FeatureScore;
     use crate::model::forecast::Shape;
-    use crate::score::Scored;
+    use crate::score::{Channels, Scored};
 
     fn explanation() -> Arc<Explanation> {
         // C = 4, patch 1 -> T = 4 tokens at ts 1000..4000; 2 layers, 2 heads.

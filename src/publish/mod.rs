@@ -17,6 +17,7 @@
 //! message has been acknowledged, which is how shutdown flushes output.
 
 pub mod encode;
+pub mod json;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
