@@ -204,6 +204,10 @@ enum EvalCommand {
         /// the baseline and the model.
         #[arg(long)]
         ablation: bool,
+        /// Score every file this many times with its runs staggered
+        /// differently, and report all phases together (1: once).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        phases: u32,
     },
 }
 
@@ -292,6 +296,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     baseline_window,
                     stride,
                     ablation,
+                    phases,
                 },
         } => {
             let (c, mut engine) = config_and_engine(config)?;
@@ -320,6 +325,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 baseline_windows,
                 strides,
                 ablation,
+                phases: phases as usize,
             };
             let reports =
                 attnwatch::eval::run(&files, &mut engine, &c.window, &c.score, &options, &out)?;

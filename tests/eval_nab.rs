@@ -31,6 +31,7 @@ fn eval_nab_on_two_files_writes_nab_result_files() {
         baseline_windows: vec![384, 64],
         strides: vec![32, 64],
         ablation: false,
+        phases: 1,
     };
     let reports = eval::run(&files, &mut engine, &c.window, &c.score, &options, &out).unwrap();
     let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();

@@ -158,16 +158,25 @@ pub struct Detector<'a> {
 /// attributed to the last row of its bucket (the row at which all of the
 /// bucket's data had arrived), so no row's result uses later rows. Other
 /// rows of a shared bucket, and rows before the first scored point, get 0.
+///
+/// `phase` names the series (`category/file`, or `category/file#phase` for
+/// a phase above 0): the name sets the stagger of the series' run schedule,
+/// so phases are the same file scored with its runs at other offsets.
 pub fn run_file(
     file: &NabFile,
     window: &WindowConfig,
     detector: &mut Detector<'_>,
     max_batch: usize,
+    phase: usize,
 ) -> Result<FileResult, EvalError> {
     let c = detector.model.contract().clone();
     let settings = window.settings(c.window, c.min_points, detector.stride);
     let mut planner = Planner::new(settings, FeatureSet(None), Metrics::new()?);
-    let key = format!("{}/{}", file.category, file.name);
+    let key = if phase == 0 {
+        format!("{}/{}", file.category, file.name)
+    } else {
+        format!("{}/{}#{phase}", file.category, file.name)
+    };
     let meta = MessageMeta {
         token: Token {
             partition: -1,
@@ -230,6 +239,10 @@ pub struct Options {
     pub strides: Vec<usize>,
     /// Also run the calibration ablations of the model (channels off).
     pub ablation: bool,
+    /// Run phases per file (1: one; more: the file is scored once per
+    /// phase, with its runs staggered differently, and the figures are for
+    /// all phases together).
+    pub phases: usize,
 }
 
 /// The calibration variants of the ablation: (suffix, config), each a
@@ -278,7 +291,14 @@ pub fn run(
             stride: 1,
             score: score.clone(),
         };
-        reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+        reports.push(evaluate(
+            files,
+            window,
+            &mut d,
+            options.batch,
+            options.phases,
+            out,
+        )?);
         if options.ablation {
             for (suffix, cfg) in ablations(score) {
                 let mut d = Detector {
@@ -287,7 +307,14 @@ pub fn run(
                     stride: 1,
                     score: cfg,
                 };
-                reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+                reports.push(evaluate(
+                    files,
+                    window,
+                    &mut d,
+                    options.batch,
+                    options.phases,
+                    out,
+                )?);
             }
         }
     }
@@ -303,7 +330,14 @@ pub fn run(
             stride,
             score: score.clone(),
         };
-        reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+        reports.push(evaluate(
+            files,
+            window,
+            &mut d,
+            options.batch,
+            options.phases,
+            out,
+        )?);
         if options.ablation && i == 0 {
             for (suffix, cfg) in ablations(score) {
                 let mut d = Detector {
@@ -312,11 +346,24 @@ pub fn run(
                     stride,
                     score: cfg,
                 };
-                reports.push(evaluate(files, window, &mut d, options.batch, out)?);
+                reports.push(evaluate(
+                    files,
+                    window,
+                    &mut d,
+                    options.batch,
+                    options.phases,
+                    out,
+                )?);
             }
         }
     }
-    let summary = render(&reports, files, &model_id);
+    let mut summary = render(&reports, files, &model_id);
+    if options.phases > 1 {
+        summary.push_str(&format!(
+            "\nEvery figure is for {} run phases of each file together (the file scored once per phase, its runs staggered differently).\n",
+            options.phases
+        ));
+    }
     let md = out.join("summary.md");
     std::fs::write(&md, &summary).map_err(io(&md))?;
     let js = out.join("summary.json");
@@ -331,28 +378,34 @@ pub fn evaluate(
     window: &WindowConfig,
     detector: &mut Detector<'_>,
     batch: usize,
+    phases: usize,
     out: &Path,
 ) -> Result<DetectorReport, EvalError> {
     let started = Instant::now();
-    let mut results = Vec::with_capacity(files.len());
-    for (k, f) in files.iter().enumerate() {
-        results.push(run_file(f, window, detector, batch)?);
-        eprintln!(
-            "eval {}: {}/{} {}/{} ({} rows)",
-            detector.name,
-            k + 1,
-            files.len(),
-            f.category,
-            f.name,
-            f.ts.len()
-        );
+    let mut all_files = Vec::with_capacity(files.len() * phases.max(1));
+    let mut results = Vec::with_capacity(files.len() * phases.max(1));
+    for phase in 0..phases.max(1) {
+        for (k, f) in files.iter().enumerate() {
+            results.push(run_file(f, window, detector, batch, phase)?);
+            all_files.push(f.clone());
+            eprintln!(
+                "eval {} (phase {phase}): {}/{} {}/{} ({} rows)",
+                detector.name,
+                k + 1,
+                files.len(),
+                f.category,
+                f.name,
+                f.ts.len()
+            );
+        }
     }
-    write_results(&detector.name, files, &results, out)?;
+    // NAB result files: the first phase.
+    write_results(&detector.name, files, &results[..files.len()], out)?;
     let c = detector.model.contract();
     let runs_per_point = 1.0 / detector.stride.max(1) as f64;
     Ok(report::score(
         &detector.name,
-        files,
+        &all_files,
         &results,
         started.elapsed().as_secs_f64(),
         c.flops_per_run as f64 * runs_per_point,

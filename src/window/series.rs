@@ -54,6 +54,17 @@ impl Bucket {
     }
 }
 
+/// The run stagger of a series: a stable hash of its key (FNV-1a) modulo
+/// the stride.
+pub(crate) fn stagger(key: &str, stride: usize) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % stride.max(1) as u64) as u32
+}
+
 /// Per-series state.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -71,13 +82,19 @@ pub struct Series {
     /// Grid values since the last run; `None` before the first run (since
     /// the last reset).
     since_run: Option<u32>,
+    /// Values until the next run is due (after the first run).
+    until_run: u32,
+    /// Values the first run's successor comes early by (0..stride), from a
+    /// hash of the series key: series that start together do not run
+    /// together forever after, so the model's load has no bursts.
+    stagger: u32,
     /// Processing time of the last push (for idle eviction).
     pub last_seen_ms: i64,
 }
 
 impl Series {
-    /// A new series.
-    pub fn new(s: &Settings, now_ms: i64) -> Self {
+    /// A new series; `key` sets its run stagger.
+    pub fn new(s: &Settings, now_ms: i64, key: &str) -> Self {
         Series {
             interval: s.interval_ms,
             phase: 0,
@@ -87,6 +104,8 @@ impl Series {
             last_closed: None,
             ring: Ring::new(s.window),
             since_run: None,
+            until_run: 0,
+            stagger: stagger(key, s.stride),
             last_seen_ms: now_ms,
         }
     }
@@ -230,6 +249,7 @@ impl Series {
             } else if gap > 0 {
                 self.ring.clear();
                 self.since_run = None;
+                self.until_run = 0;
                 c.resets += 1;
             }
         }
@@ -250,8 +270,18 @@ impl Series {
     ) {
         let step = self.since_run.map(|k| k.saturating_add(1));
         self.ring.push(value);
-        let due =
-            self.ring.len() >= s.min_points && step.is_none_or(|k| k as usize >= s.stride.max(1));
+        self.until_run = self.until_run.saturating_sub(1);
+        let due = self.ring.len() >= s.min_points && (step.is_none() || self.until_run == 0);
+        if due {
+            let stride = s.stride.max(1) as u32;
+            // The run after the first comes `stagger` values early; every
+            // later run comes `stride` values after the one before.
+            self.until_run = if step.is_none() {
+                stride - self.stagger % stride
+            } else {
+                stride
+            };
+        }
         self.since_run = if due { Some(0) } else { step };
         if filled && !due {
             return;

@@ -241,8 +241,10 @@ fn runs_are_due_every_stride_values_and_steps_count_from_the_last_run() {
             ..Settings::for_model(8, 2)
         }
     });
+    // Series "c" has no stagger at stride 3 (its second run is not early).
+    assert_eq!(series::stagger("c", 3), 0);
     let pts: Vec<(i64, f32)> = (0..9).map(|i| (i * MIN, i as f32)).collect();
-    let e = push_all(&mut win, "a", &pts);
+    let e = push_all(&mut win, "c", &pts);
     // Values 0..=7 are closed; the first run is due at the 2nd (min_points).
     let runs: Vec<bool> = e.iter().map(|x| x.window.is_some()).collect();
     assert_eq!(
@@ -267,16 +269,53 @@ fn runs_are_due_every_stride_values_and_steps_count_from_the_last_run() {
     // gap of 3 (9, 10, 11) that is filled. The run due on the filled 10 is
     // emitted as a filled run; the real 12 is then 2 steps after it.
     let at = |x: &Emitted| (x.ts / MIN, x.filled, x.step, x.window.is_some());
-    let e = win.push("a", 12 * MIN, 0.0, 0).unwrap();
+    let e = win.push("c", 12 * MIN, 0.0, 0).unwrap();
     assert_eq!(
         e.iter().map(at).collect::<Vec<_>>(),
         vec![(8, false, Some(1), false)]
     );
-    let e = win.push("a", 13 * MIN, 0.0, 0).unwrap();
+    let e = win.push("c", 13 * MIN, 0.0, 0).unwrap();
     assert_eq!(
         e.iter().map(at).collect::<Vec<_>>(),
         vec![(10, true, Some(3), true), (12, false, Some(2), false)]
     );
+}
+
+#[test]
+fn series_that_start_together_stagger_their_runs_and_steps_stay_within_the_stride() {
+    let stride = 8usize;
+    let mut win = Windows::new(Settings {
+        stride,
+        interval_ms: Some(MIN),
+        ..Settings::for_model(16, 4)
+    });
+    let keys: Vec<String> = (0..40).map(|i| format!("host-{i}")).collect();
+    let mut runs_at: Vec<Vec<i64>> = vec![Vec::new(); keys.len()];
+    for t in 0..80 {
+        for (k, key) in keys.iter().enumerate() {
+            for e in win.push(key, t * MIN, t as f32, 0).unwrap() {
+                assert!(
+                    e.step.is_none_or(|s| (1..=stride as u32).contains(&s)),
+                    "{e:?}"
+                );
+                if e.window.is_some() {
+                    runs_at[k].push(e.ts / MIN);
+                }
+            }
+        }
+    }
+    // Every series runs first on its 4th value (min_points), then every
+    // `stride` values after a first gap of 1..=stride.
+    for r in &runs_at {
+        assert_eq!(r[0], 3);
+        assert!((1..=stride as i64).contains(&(r[1] - r[0])), "{r:?}");
+        assert!(
+            r.windows(2).skip(1).all(|w| w[1] - w[0] == stride as i64),
+            "{r:?}"
+        );
+    }
+    let second: std::collections::HashSet<i64> = runs_at.iter().map(|r| r[1]).collect();
+    assert!(second.len() > stride / 2, "runs are spread: {second:?}");
 }
 
 /// All emitted grid points of `key` after pushing `pts` in order and flushing.
