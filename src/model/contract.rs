@@ -14,7 +14,8 @@ pub const INPUT: &str = "context";
 /// Output tensor names, in the order the engine reads them.
 pub const OUTPUTS: [&str; 3] = ["forecast_mean", "forecast_std", "attention"];
 /// Optional output: the novelty of the newest pattern at one or more
-/// query lengths, `[batch, K]`.
+/// query lengths, `[batch, K]`: `ln(1e-3 + d)` with d the best match's
+/// distance, and exactly 0 where a query has no earlier match to compare.
 pub const NOVELTY: &str = "novelty";
 
 /// A named tensor with its dims (`-1` for a dynamic dimension).

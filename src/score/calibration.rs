@@ -345,11 +345,12 @@ impl Calibration {
             }
         };
         // The model gives ln(1e-3 + d), d the mean squared distance per
-        // point to the best match; each scale's tail is fitted to d itself.
+        // point to the best match, and exactly 0 where the query found no
+        // match (too little context); each scale's tail is fitted to d.
         let novelty: Vec<f64> = novelty
             .iter()
             .take(NOVELTY_SCALES)
-            .map(|n| (f64::from(*n).exp() - 1e-3).max(0.0))
+            .map(|&n| novelty_distance(n))
             .collect();
         let mut novelty_s = 0.0f64;
         if on(Channel::Novelty) {
@@ -447,9 +448,22 @@ pub fn ln_upper_normal(x: f64) -> f64 {
     }
 }
 
-/// `-log10 p` from `ln p`.
+/// `ln` of the smallest positive f64: no channel claims a p below it.
+const LN_P_MIN: f64 = -744.44;
+
+/// `-log10 p` from `ln p`, at most 323.3 (so a score is at most 323.3
+/// divided by `-log10 risk`, and always finite).
 fn to_strength(ln_p: f64) -> f64 {
-    (-ln_p / std::f64::consts::LN_10).max(0.0)
+    (-ln_p.max(LN_P_MIN) / std::f64::consts::LN_10).max(0.0)
+}
+
+/// The best-match distance d from the model's novelty output
+/// `ln(1e-3 + d)`; NaN (no value) for the model's "no match" 0.
+fn novelty_distance(n: f32) -> f64 {
+    if n == 0.0 {
+        return f64::NAN;
+    }
+    (f64::from(n).exp() - 1e-3).max(0.0)
 }
 
 /// `ln P(|N(0,1)| >= |z|)`, accurate far into the tail.
@@ -672,6 +686,40 @@ mod tests {
         // against the null instead, the shift channel alone fires hundreds
         // of times here.
         assert!(alerts < 18, "{alerts} alerts on a routine seasonal miss");
+    }
+
+    #[test]
+    fn no_match_novelty_is_ignored_not_learned_as_a_constant() {
+        // The model outputs exactly 0 where a query finds no match (too
+        // little context). Learned as d = 0.999 it made a constant tail
+        // (sd 1e-6), and the first real value scored 1.2e11 (speed_7578).
+        let c = cfg();
+        let mut cal = Calibration::new();
+        for i in 0..100 {
+            let r = cal.score(normal(i), &[0.0, 0.0], &c);
+            assert_eq!(r.channels.novelty, 0.0);
+        }
+        let nov = |d: f64| (1e-3 + d).ln() as f32;
+        for i in 0..40 {
+            cal.score(normal(200 + i), &[nov(1.0 + 0.2 * normal(i).abs())], &c);
+        }
+        let r = cal.score(normal(300), &[nov(1.4)], &c);
+        assert!(r.channels.novelty < 1.0, "a usual distance: {r:?}");
+        let r = cal.score(normal(301), &[nov(30.0)], &c);
+        assert!(r.channels.novelty > 1.0, "a far one: {r:?}");
+    }
+
+    #[test]
+    fn scores_are_bounded_even_against_a_constant_history() {
+        let c = cfg();
+        let mut cal = Calibration::new();
+        for _ in 0..500 {
+            cal.score(0.0, &[], &c);
+        }
+        let r = cal.score(1e6, &[], &c);
+        let max = -LN_P_MIN / std::f64::consts::LN_10 / -c.risk.log10();
+        assert!(r.anomaly && r.score <= max + 1e-9, "{r:?}");
+        assert!(r.score > 0.9 * max, "{r:?}");
     }
 
     #[test]
