@@ -8,7 +8,7 @@
 //!   series, in scored points per second, at strides 8, 16, 32 and 64;
 //! - window stage and calibration alone, in points per second.
 //!
-//! Needs `ORT_DYLIB_PATH` (source scripts/lib.sh after scripts/setup).
+//! Needs ONNX Runtime where `model::library` finds it (scripts/setup installs it).
 //! Optional: `ATTNWATCH_BENCH_MODEL` (default models/attnwatch-encoder.onnx).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -89,9 +89,9 @@ fn main() {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/attnwatch-encoder.onnx")
         });
-    let lib = c
-        .onnxruntime_library()
-        .expect("set ORT_DYLIB_PATH (source scripts/lib.sh)");
+    let lib = attnwatch::model::library::find(&c.model)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .path;
     let mut engine = Engine::load(&c.model, &lib).unwrap();
     let contract = engine.contract().clone();
     let w = contract.window;

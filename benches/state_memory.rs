@@ -14,7 +14,7 @@
 //! allocator's pools) already paid by the first cohort. The stages' own
 //! estimates are printed beside it.
 //!
-//! Needs `ORT_DYLIB_PATH` (source scripts/lib.sh after scripts/setup).
+//! Needs ONNX Runtime where `model::library` finds it (scripts/setup installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -48,9 +48,9 @@ fn main() {
     let points = env_usize("ATTNWATCH_BENCH_POINTS", 6000);
     let mut c = Config::from_toml_and_env("", std::env::vars()).unwrap();
     c.model.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/attnwatch-encoder.onnx");
-    let lib = c
-        .onnxruntime_library()
-        .expect("set ORT_DYLIB_PATH (source scripts/lib.sh)");
+    let lib = attnwatch::model::library::find(&c.model)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .path;
     let mut engine = Engine::load(&c.model, &lib).unwrap();
     let contract = engine.contract().clone();
     engine.infer(&vec![0.0; contract.window], 1).unwrap();

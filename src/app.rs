@@ -98,7 +98,9 @@ impl App {
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, AppError> {
         let metrics = Metrics::new()?;
         let health = Arc::new(Health::default());
-        let lib = config.onnxruntime_library().ok_or(ModelError::NoLibrary)?;
+        let lib = crate::model::library::find(&config.model)
+            .map_err(ModelError::from)?
+            .path;
 
         // Model: one engine per inference thread, each warmed up once.
         let model_cfg = config.model.clone();

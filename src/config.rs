@@ -184,8 +184,9 @@ pub struct ModelConfig {
     /// Path of the `.onnx` file.
     #[serde(default = "default_model_path")]
     pub path: PathBuf,
-    /// Path of `libonnxruntime.so`. Empty: taken from the `ORT_DYLIB_PATH`
-    /// environment variable (set by `scripts/setup`'s environment).
+    /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the
+    /// library `scripts/setup` installs, then beside the binary, then the
+    /// system library path (`model::library`).
     #[serde(default)]
     pub onnxruntime_library: Option<PathBuf>,
     /// Execution provider: `cpu` or `cuda`.
@@ -597,15 +598,6 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems.join("; ")))
         }
-    }
-
-    /// The ONNX Runtime library path: from config, else `ORT_DYLIB_PATH`.
-    pub fn onnxruntime_library(&self) -> Option<PathBuf> {
-        self.model
-            .onnxruntime_library
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty())
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
     }
 }
 

@@ -489,9 +489,7 @@ fn config_and_engine(path: Option<PathBuf>) -> anyhow::Result<(Config, attnwatch
         Some(p) => Config::load(&p)?,
         None => Config::from_toml_and_env("", std::env::vars())?,
     };
-    let lib = c
-        .onnxruntime_library()
-        .context("set ORT_DYLIB_PATH or model.onnxruntime_library")?;
+    let lib = attnwatch::model::library::find(&c.model)?.path;
     let engine = attnwatch::model::Engine::load(&c.model, &lib)?;
     Ok((c, engine))
 }

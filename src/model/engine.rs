@@ -20,9 +20,9 @@ use crate::config::{ModelConfig, Provider};
 /// Errors from the model stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// No ONNX Runtime library path was configured (fatal).
-    #[error("no ONNX Runtime library: set model.onnxruntime_library or ORT_DYLIB_PATH (scripts/setup installs it)")]
-    NoLibrary,
+    /// No ONNX Runtime library was found (fatal); says where it looked.
+    #[error(transparent)]
+    NoLibrary(#[from] super::library::LibraryError),
     /// The library could not be loaded (fatal).
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     Library {

@@ -11,6 +11,7 @@
 pub mod contract;
 pub mod engine;
 pub mod forecast;
+pub mod library;
 pub mod worker;
 
 pub use contract::Contract;

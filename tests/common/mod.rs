@@ -26,10 +26,12 @@ pub fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/attnwatch-encoder.onnx")
 }
 
+/// The library the service itself would load (`model::library`).
 pub fn ort_lib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .expect("ORT_DYLIB_PATH is not set: run the tests through scripts/test (scripts/setup installs onnxruntime)")
+    let c = Config::from_toml_and_env("", Vec::<(String, String)>::new()).unwrap();
+    attnwatch::model::library::find(&c.model)
+        .unwrap_or_else(|e| panic!("{e}\n(run the tests through scripts/test)"))
+        .path
 }
 
 /// The committed model's contract (window, min_points, layers, heads).
