@@ -7,13 +7,15 @@ ATTNWATCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ATTNWATCH_CACHE="${ATTNWATCH_CACHE:-$HOME/.cache/attnwatch}"
 ONNXRUNTIME_VERSION="1.31.1"
 HADOLINT_VERSION="2.15.1"
+HELM_VERSION="3.22.0"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ATTNWATCH_ROOT/scripts/kafka-pom/pom.xml")"
 VENV="$ATTNWATCH_CACHE/venv"
 KAFKA_LIBS="$ATTNWATCH_CACHE/kafka-$KAFKA_VERSION/libs"
 ORT_DYLIB_PATH="$VENV/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
+HELM="$ATTNWATCH_CACHE/helm-v$HELM_VERSION/helm"
 KAFKA_STATE="${KAFKA_STATE:-/tmp/attnwatch-kafka-$KAFKA_PORT}"
-export ATTNWATCH_ROOT ATTNWATCH_CACHE VENV KAFKA_LIBS ORT_DYLIB_PATH KAFKA_PORT KAFKA_STATE
+export ATTNWATCH_ROOT ATTNWATCH_CACHE VENV KAFKA_LIBS ORT_DYLIB_PATH KAFKA_PORT KAFKA_STATE HELM
 
 say() { printf '\033[1m[attnwatch]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[attnwatch] error:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::model::worker::{self, WorkerSettings};
 use crate::model::{Engine, Forecaster, ModelError};
 use crate::publish::{self, PublishSettings, Publisher};
+use crate::recent::Recent;
 use crate::score::Scorer;
 use crate::server::{self, Health};
 
@@ -152,10 +153,15 @@ impl App {
 
         // HTTP: up before Kafka so /healthz answers while we connect.
         let http_shutdown = CancellationToken::new();
+        let recent = config
+            .ui
+            .enabled
+            .then(|| Arc::new(std::sync::Mutex::new(Recent::new(&config.ui))));
         let (http_addr, http_task) = server::serve(
             config.server.listen,
             metrics.clone(),
             health.clone(),
+            recent.clone(),
             http_shutdown.clone(),
         )
         .await
@@ -188,6 +194,7 @@ impl App {
                 max_in_flight: config.publish.max_in_flight,
                 model_id: contract.id(),
                 publish: config.publish.clone(),
+                recent,
             },
             store.clone(),
             metrics.clone(),

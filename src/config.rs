@@ -66,6 +66,9 @@ pub struct Config {
     /// The HTTP server for metrics and health.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The web page and its JSON API.
+    #[serde(default)]
+    pub ui: UiConfig,
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -312,6 +315,25 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
 }
 
+/// The web page at `/` and its JSON API: bounds of what it keeps.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve the page and `/api/*` (false: neither, and nothing is kept).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Series whose recent points are kept (least recently updated dropped).
+    #[serde(default = "default_ui_series")]
+    pub max_series: usize,
+    /// Recent scored points kept per series (and copied into each anomaly
+    /// as the context it is drawn with).
+    #[serde(default = "default_ui_points")]
+    pub points_per_series: usize,
+    /// Recent anomalies kept (oldest dropped).
+    #[serde(default = "default_ui_anomalies")]
+    pub anomalies: usize,
+}
+
 /// Shutdown settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -450,6 +472,18 @@ fn default_delivery_timeout() -> Duration {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9898))
 }
+fn default_true() -> bool {
+    true
+}
+fn default_ui_series() -> usize {
+    256
+}
+fn default_ui_points() -> usize {
+    2048
+}
+fn default_ui_anomalies() -> usize {
+    500
+}
 fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
@@ -474,6 +508,7 @@ default_from_serde!(
     ScoreConfig,
     PublishConfig,
     ServerConfig,
+    UiConfig,
     ShutdownConfig
 );
 
@@ -535,6 +570,13 @@ impl Config {
         if k.input_topic == k.output_topic || k.input_topic == k.dead_letter_topic {
             problems.push(
                 "kafka.input_topic must differ from the output and dead-letter topics (a loop)"
+                    .into(),
+            );
+        }
+        let u = &self.ui;
+        if u.enabled && (u.max_series == 0 || u.points_per_series == 0 || u.anomalies == 0) {
+            problems.push(
+                "ui.max_series, ui.points_per_series and ui.anomalies must be >= 1 (or ui.enabled = false)"
                     .into(),
             );
         }

@@ -5,8 +5,9 @@
 //! `config` -> `ingest` (Kafka consumer, decode, offsets) -> `window`
 //! (per-series ring buffers) -> `model` (ONNX Runtime sessions on dedicated
 //! threads, batching) -> `score` (per-series calibration, thresholds) ->
-//! `publish` (output encoding, Kafka producer) -> `metrics` / `server`
-//! (HTTP `/metrics`, `/healthz`, `/readyz`).
+//! `publish` (output encoding, Kafka producer) -> `recent` (what the web
+//! page shows: bounded recent points and anomalies) -> `metrics` / `server`
+//! (HTTP `/metrics`, `/healthz`, `/readyz`, the page and `/api/*`).
 //!
 //! [`app`] wires the stages together with bounded channels. The window and
 //! score modules are pure (no I/O, no tokio), so they are cheap to test.
@@ -21,7 +22,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod publish;
+pub mod recent;
 pub mod score;
 pub mod server;
 pub mod tools;
+pub mod ui;
 pub mod window;

@@ -34,7 +34,8 @@ pub const GAPS_FILLED: &str = "attnwatch_gaps_filled_total";
 /// Windows reset after a gap longer than `window.max_gap`.
 pub const WINDOW_RESETS: &str = "attnwatch_window_resets_total";
 /// Series evicted, by reason (`lru`, `idle` from the window stage;
-/// `calibration_lru` from a scorer shard over `window.max_series`).
+/// `calibration_lru` from a scorer shard over `window.max_series`, `ui_lru`
+/// from the web page's store over `ui.max_series`).
 pub const SERIES_EVICTED: &str = "attnwatch_series_evicted_total";
 /// Values scored against a forecast (published points, per feature).
 pub const POINTS_SCORED: &str = "attnwatch_points_scored_total";
@@ -64,6 +65,8 @@ pub const MODEL_FALLBACK: &str = "attnwatch_model_fallback";
 /// (decode, window, run schedule), `model` (inference calls), `score`
 /// (forecast surprise, calibration, batching), `encode` (output JSON).
 pub const STAGE_BUSY: &str = "attnwatch_stage_busy_seconds_total";
+/// What the web page keeps, by `kind`: `series`, `points`, `anomalies`.
+pub const UI_HELD: &str = "attnwatch_ui_held";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
 pub const ERRORS: &str = "attnwatch_errors_total";
 
@@ -122,6 +125,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// [`MODEL_FALLBACK`].
     pub model_fallback: IntGauge,
+    /// [`UI_HELD`], label `kind`.
+    pub ui_held: IntGaugeVec,
 }
 
 /// Stages timed under [`STAGE_BUSY`].
@@ -202,6 +207,14 @@ impl Metrics {
             ],
         )?;
         registry.register(Box::new(model_info.clone()))?;
+        let ui_held = IntGaugeVec::new(
+            Opts::new(
+                UI_HELD,
+                "What the web page keeps: series, points (over all series), anomalies.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(ui_held.clone()))?;
         let m = Metrics {
             records_consumed: counter(
                 RECORDS_CONSUMED,
@@ -237,7 +250,7 @@ impl Metrics {
             )?,
             series_evicted: counter_vec(
                 SERIES_EVICTED,
-                "Series evicted, by reason (lru, idle, calibration_lru).",
+                "Series evicted, by reason (lru, idle, calibration_lru, ui_lru).",
                 "reason",
             )?,
             points_scored: counter(
@@ -281,13 +294,17 @@ impl Metrics {
                 MODEL_FALLBACK,
                 "1 when the execution provider in use is not the configured one.",
             )?,
+            ui_held,
             registry,
         };
         for reason in Reason::ALL_CODES.iter().chain(&["no_forecast"]) {
             m.dead_lettered.with_label_values(&[reason]);
         }
-        for reason in ["lru", "idle", "calibration_lru"] {
+        for reason in ["lru", "idle", "calibration_lru", "ui_lru"] {
             m.series_evicted.with_label_values(&[reason]);
+        }
+        for kind in ["series", "points", "anomalies"] {
+            m.ui_held.with_label_values(&[kind]);
         }
         for kind in ERROR_KINDS {
             m.errors.with_label_values(&[kind]);

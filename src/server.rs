@@ -1,7 +1,8 @@
 //! HTTP server: `/metrics` (Prometheus text format), `/healthz` (the
-//! process is alive) and `/readyz` (model loaded and warm, partitions
-//! assigned). It owns no pipeline state; it reads [`Health`] and the
-//! metrics registry.
+//! process is alive), `/readyz` (model loaded and warm, partitions
+//! assigned), and, with `ui.enabled`, the web page and its JSON API
+//! ([`crate::ui`]). It owns no pipeline state; it reads [`Health`], the
+//! metrics registry and the page's store.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::recent::SharedRecent;
 
 /// Readiness flags set by the pipeline.
 #[derive(Debug, Default)]
@@ -75,15 +77,19 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
+    recent: Option<SharedRecent>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
+    if let Some(recent) = recent {
+        app = app.merge(crate::ui::routes(recent));
+    }
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::config::PublishConfig;
 use crate::flow::{Acknowledge, Outgoing, Token};
 use crate::metrics::Metrics;
+use crate::recent::SharedRecent;
 use encode::Dest;
 
 /// Topics and limits of the producer task.
@@ -48,6 +49,8 @@ pub struct PublishSettings {
     pub model_id: String,
     /// Output detail.
     pub publish: PublishConfig,
+    /// The web page's store, fed with every scored point (None: no page).
+    pub recent: Option<SharedRecent>,
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -210,6 +213,9 @@ pub async fn run(
                     continue;
                 }
                 let started = std::time::Instant::now();
+                if let Some(recent) = &settings.recent {
+                    remember(recent, &items, &metrics);
+                }
                 for item in items.drain(..) {
                     publish(&producer, &settings, &mut buf, item, acker.as_ref(), &metrics, &in_flight).await;
                 }
@@ -221,6 +227,33 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Give the web page's store the scored points of a batch (one lock per
+/// batch), and update its metrics.
+fn remember(recent: &SharedRecent, items: &[Outgoing], metrics: &Metrics) {
+    let Ok(mut r) = recent.lock() else {
+        return; // poisoned by a panic elsewhere: the page stops updating
+    };
+    let before = r.held().series_evicted;
+    for item in items {
+        if let Outgoing::Point(p) = item {
+            r.record(p);
+        }
+    }
+    let held = r.held();
+    drop(r);
+    metrics
+        .series_evicted
+        .with_label_values(&["ui_lru"])
+        .inc_by(held.series_evicted - before);
+    for (kind, n) in [
+        ("series", held.series),
+        ("points", held.points),
+        ("anomalies", held.anomalies),
+    ] {
+        metrics.ui_held.with_label_values(&[kind]).set(n as i64);
     }
 }
 

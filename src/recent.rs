@@ -1,0 +1,293 @@
+//! What the web page shows: the recent scored points of each series and
+//! the recent anomalies, with the explanation of each.
+//!
+//! Bounded: at most `ui.max_series` series (the least recently updated is
+//! dropped), `ui.points_per_series` points each, and `ui.anomalies`
+//! anomalies (the oldest is dropped). Each anomaly keeps a copy of its
+//! series' values up to it (the newest `points_per_series`), so its
+//! explanation can be drawn after the series has moved on. Pure: the
+//! publish stage feeds it, the HTTP server reads it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use lru::LruCache;
+use serde::Serialize;
+
+use crate::config::UiConfig;
+use crate::flow::ScoredPoint;
+use crate::model::forecast::Explanation;
+
+/// The store as the publish stage and the HTTP server share it.
+pub type SharedRecent = Arc<std::sync::Mutex<Recent>>;
+
+/// One scored point as the page draws it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PointView {
+    /// Grid timestamp (epoch ms).
+    pub ts: i64,
+    /// The value of the highest-scoring feature.
+    pub value: f32,
+    /// Its forecast mean.
+    pub expected: f32,
+    /// Its forecast scale.
+    pub expected_std: f32,
+    /// The point's score.
+    pub score: f64,
+    /// The threshold it was compared with.
+    pub threshold: f64,
+    /// Whether it was flagged.
+    pub anomaly: bool,
+}
+
+/// One anomaly, with what explains it.
+#[derive(Debug, Clone)]
+pub struct Anomaly {
+    /// Sequence number (unique, increasing).
+    pub id: u64,
+    /// Series id.
+    pub series: Arc<str>,
+    /// Feature that drove the score.
+    pub feature: Arc<str>,
+    /// The point.
+    pub point: PointView,
+    /// Channel strengths (point, run, shift, novelty).
+    pub channels: [f64; 4],
+    /// The forecast's attention.
+    pub explanation: Arc<Explanation>,
+    /// The series' values up to and including the anomaly (oldest first).
+    pub context_ts: Vec<i64>,
+    /// Values at `context_ts`.
+    pub context_values: Vec<f32>,
+}
+
+/// Counts for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Series held.
+    pub series: usize,
+    /// Points held over all series.
+    pub points: usize,
+    /// Anomalies held.
+    pub anomalies: usize,
+    /// Series dropped for `max_series` so far.
+    pub series_evicted: u64,
+}
+
+/// The bounded store.
+#[derive(Debug)]
+pub struct Recent {
+    cfg: UiConfig,
+    series: LruCache<Arc<str>, VecDeque<PointView>>,
+    anomalies: VecDeque<Anomaly>,
+    next_id: u64,
+    held: Held,
+}
+
+impl Recent {
+    /// An empty store with `cfg`'s bounds.
+    pub fn new(cfg: &UiConfig) -> Self {
+        Recent {
+            cfg: cfg.clone(),
+            series: LruCache::unbounded(),
+            anomalies: VecDeque::new(),
+            next_id: 1,
+            held: Held::default(),
+        }
+    }
+
+    /// Record one scored point (its highest-scoring feature).
+    pub fn record(&mut self, p: &ScoredPoint) {
+        let Some(f) = p.driver() else { return };
+        let view = PointView {
+            ts: p.ts,
+            value: f.value,
+            expected: f.expected,
+            expected_std: f.expected_std,
+            score: f.scored.score,
+            threshold: f.scored.threshold,
+            anomaly: p.anomaly(),
+        };
+        let cap = self.cfg.points_per_series.max(1);
+        if !self.series.contains(&p.series) {
+            while self.series.len() >= self.cfg.max_series.max(1) {
+                if let Some((_, dropped)) = self.series.pop_lru() {
+                    self.held.points -= dropped.len();
+                    self.held.series_evicted += 1;
+                }
+            }
+            self.series
+                .put(p.series.clone(), VecDeque::with_capacity(cap.min(64)));
+        }
+        let Some(ring) = self.series.get_mut(&p.series) else {
+            return;
+        };
+        if ring.len() >= cap {
+            ring.pop_front();
+            self.held.points -= 1;
+        }
+        ring.push_back(view);
+        self.held.points += 1;
+        if view.anomaly {
+            let c = &f.scored.channels;
+            let anomaly = Anomaly {
+                id: self.next_id,
+                series: p.series.clone(),
+                feature: f.feature.clone(),
+                point: view,
+                channels: [c.point, c.run, c.shift, c.novelty],
+                explanation: f.explanation.clone(),
+                context_ts: ring.iter().map(|v| v.ts).collect(),
+                context_values: ring.iter().map(|v| v.value).collect(),
+            };
+            self.next_id += 1;
+            if self.anomalies.len() >= self.cfg.anomalies.max(1) {
+                self.anomalies.pop_front();
+            }
+            self.anomalies.push_back(anomaly);
+        }
+        self.held.series = self.series.len();
+        self.held.anomalies = self.anomalies.len();
+    }
+
+    /// What is held now.
+    pub fn held(&self) -> Held {
+        self.held
+    }
+
+    /// Up to `limit` anomalies, newest first, of series whose id contains
+    /// `filter` (all if empty).
+    pub fn anomalies(&self, filter: &str, limit: usize) -> Vec<&Anomaly> {
+        self.anomalies
+            .iter()
+            .rev()
+            .filter(|a| filter.is_empty() || a.series.contains(filter))
+            .take(limit)
+            .collect()
+    }
+
+    /// The anomaly with sequence number `id`, if still held.
+    pub fn anomaly(&self, id: u64) -> Option<&Anomaly> {
+        let first = self.anomalies.front()?.id;
+        let a = self.anomalies.get(id.checked_sub(first)? as usize)?;
+        (a.id == id).then_some(a)
+    }
+
+    /// The recent points of `series` (oldest first), if held.
+    pub fn points(&self, series: &str) -> Option<Vec<PointView>> {
+        self.series
+            .peek(series)
+            .map(|r| r.iter().copied().collect())
+    }
+
+    /// Ids of the held series, most recently updated first.
+    pub fn series_ids(&self) -> Vec<Arc<str>> {
+        self.series.iter().map(|(k, _)| k.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FeatureScore, Token};
+    use crate::model::forecast::Shape;
+    use crate::score::{Channels, Scored};
+
+    fn point(series: &str, ts: i64, score: f64) -> ScoredPoint {
+        let shape = Shape {
+            layers: 1,
+            heads: 1,
+            context: 4,
+            patch: 2,
+        };
+        ScoredPoint {
+            series: series.into(),
+            ts,
+            value: Some(ts as f32),
+            labels: Arc::default(),
+            features: vec![FeatureScore {
+                feature: "value".into(),
+                value: ts as f32,
+                scored: Scored {
+                    score,
+                    threshold: 1.0,
+                    anomaly: score > 1.0,
+                    raw_score: score,
+                    channels: Channels {
+                        point: score,
+                        run: 0.0,
+                        shift: 0.0,
+                        novelty: 0.0,
+                    },
+                },
+                expected: 0.0,
+                expected_std: 1.0,
+                explanation: Arc::new(Explanation::from_heads(&[0.5, 0.5], shape, ts, 1, 4)),
+            }],
+            token: Token {
+                partition: 0,
+                offset: ts,
+                generation: 0,
+            },
+            source_ts_ms: None,
+        }
+    }
+
+    fn cfg(max_series: usize, points: usize, anomalies: usize) -> UiConfig {
+        UiConfig {
+            enabled: true,
+            max_series,
+            points_per_series: points,
+            anomalies,
+        }
+    }
+
+    #[test]
+    fn everything_is_bounded_and_counted() {
+        let mut r = Recent::new(&cfg(2, 3, 2));
+        for ts in 0..10 {
+            r.record(&point("a", ts, if ts % 3 == 0 { 5.0 } else { 0.1 }));
+        }
+        assert_eq!(
+            r.points("a")
+                .unwrap()
+                .iter()
+                .map(|p| p.ts)
+                .collect::<Vec<_>>(),
+            [7, 8, 9]
+        );
+        // Anomalies at 0, 3, 6, 9: the newest two, newest first.
+        let ids: Vec<i64> = r.anomalies("", 10).iter().map(|a| a.point.ts).collect();
+        assert_eq!(ids, [9, 6]);
+        r.record(&point("b", 0, 0.1));
+        r.record(&point("c", 0, 0.1));
+        assert!(r.points("a").is_none(), "the least recently updated goes");
+        assert_eq!(
+            r.held(),
+            Held {
+                series: 2,
+                points: 2,
+                anomalies: 2,
+                series_evicted: 1
+            }
+        );
+    }
+
+    #[test]
+    fn an_anomaly_keeps_its_context_and_is_found_by_id() {
+        let mut r = Recent::new(&cfg(10, 4, 10));
+        for ts in 0..6 {
+            r.record(&point("web-01/cpu", ts, if ts == 4 { 9.0 } else { 0.2 }));
+        }
+        r.record(&point("db", 0, 3.0));
+        let newest = r.anomalies("", 10);
+        assert_eq!(newest.len(), 2);
+        assert_eq!(&*newest[0].series, "db");
+        let a = r.anomalies("web", 10)[0];
+        assert_eq!(a.context_ts, [1, 2, 3, 4], "the newest 4 points up to it");
+        assert_eq!(a.context_values, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(r.anomaly(a.id).unwrap().point.ts, 4);
+        assert!(r.anomaly(a.id + 100).is_none());
+        assert!(r.anomaly(0).is_none());
+    }
+}

@@ -1,0 +1,214 @@
+//! The web page at `/` and its JSON API, read from the bounded store of
+//! [`crate::recent`]. Every asset is in the binary (no CDN).
+//!
+//! - `GET /api/anomalies?series=S&limit=N`: recent anomalies, newest first,
+//!   of series whose id contains S (default: all; N at most 1000, default 100);
+//! - `GET /api/anomalies/{id}`: one anomaly with its explanation: the
+//!   context values, the attention over the context tokens per layer with
+//!   each token's time range, and the top-attended ranges;
+//! - `GET /api/series`: the ids of the series held, most recently updated first;
+//! - `GET /api/series/{id}`: a series' recent points (value, expected,
+//!   band, score, threshold, anomaly); `id` percent-encoded.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::recent::{Anomaly, PointView, SharedRecent};
+
+const INDEX: &str = include_str!("index.html");
+
+/// The page's routes.
+pub fn routes(recent: SharedRecent) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/anomalies", get(anomalies))
+        .route("/api/anomalies/{id}", get(anomaly))
+        .route("/api/series", get(series_list))
+        .route("/api/series/{*id}", get(series))
+        .with_state(recent)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    series: String,
+    limit: Option<usize>,
+}
+
+/// An anomaly in the list.
+#[derive(Debug, Serialize)]
+struct AnomalySummary<'a> {
+    id: u64,
+    series: &'a str,
+    feature: &'a str,
+    ts: i64,
+    value: f32,
+    expected: f32,
+    score: f64,
+    threshold: f64,
+    /// The channel that drove the score.
+    channel: &'static str,
+}
+
+const CHANNELS: [&str; 4] = ["point", "run", "shift", "novelty"];
+
+fn summary(a: &Anomaly) -> AnomalySummary<'_> {
+    let top = (0..4)
+        .max_by(|&i, &j| a.channels[i].total_cmp(&a.channels[j]))
+        .unwrap_or(0);
+    AnomalySummary {
+        id: a.id,
+        series: &a.series,
+        feature: &a.feature,
+        ts: a.point.ts,
+        value: a.point.value,
+        expected: a.point.expected,
+        score: a.point.score,
+        threshold: a.point.threshold,
+        channel: CHANNELS[top],
+    }
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+}
+
+async fn anomalies(State(recent): State<SharedRecent>, Query(q): Query<ListQuery>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let list: Vec<AnomalySummary<'_>> = r
+        .anomalies(&q.series, limit)
+        .into_iter()
+        .map(summary)
+        .collect();
+    Json(list).into_response()
+}
+
+/// One context token of an explanation.
+#[derive(Debug, Serialize)]
+struct Token {
+    start_ts: i64,
+    end_ts: i64,
+    /// Attention per layer (mean over heads).
+    weights: Vec<f32>,
+}
+
+/// A top-attended range.
+#[derive(Debug, Serialize)]
+struct Attended {
+    start_ts: i64,
+    end_ts: i64,
+    weight: f32,
+}
+
+#[derive(Debug, Serialize)]
+struct AnomalyDetail<'a> {
+    #[serde(flatten)]
+    summary: AnomalySummary<'a>,
+    expected_std: f32,
+    channels: [f64; 4],
+    channel_names: [&'static str; 4],
+    /// The context's last grid timestamp, and its length and grid interval.
+    context_end_ts: i64,
+    context_points: usize,
+    interval_ms: i64,
+    layers: usize,
+    /// Present context tokens, oldest first.
+    tokens: Vec<Token>,
+    top: Vec<Attended>,
+    /// The series' points up to the anomaly, as kept.
+    context_ts: &'a [i64],
+    context_values: &'a [f32],
+}
+
+async fn anomaly(State(recent): State<SharedRecent>, Path(id): Path<u64>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    let Some(a) = r.anomaly(id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("anomaly {id} is not held (any more)\n"),
+        )
+            .into_response();
+    };
+    let e = &a.explanation;
+    let tokens = (0..e.tokens())
+        .filter(|&k| e.token_present(k))
+        .map(|k| {
+            let (start_ts, end_ts) = e.token_range(k);
+            Token {
+                start_ts,
+                end_ts,
+                weights: (0..e.layers).map(|l| e.layer(l)[k]).collect(),
+            }
+        })
+        .collect();
+    let top = e
+        .top(5)
+        .map(|r| Attended {
+            start_ts: r.start_ts,
+            end_ts: r.end_ts,
+            weight: r.weight,
+        })
+        .collect();
+    Json(AnomalyDetail {
+        summary: summary(a),
+        expected_std: a.point.expected_std,
+        channels: a.channels,
+        channel_names: CHANNELS,
+        context_end_ts: e.end_ts,
+        context_points: e.context,
+        interval_ms: e.interval,
+        layers: e.layers,
+        tokens,
+        top,
+        context_ts: &a.context_ts,
+        context_values: &a.context_values,
+    })
+    .into_response()
+}
+
+async fn series_list(State(recent): State<SharedRecent>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    let ids: Vec<String> = r.series_ids().iter().map(|s| s.to_string()).collect();
+    Json(ids).into_response()
+}
+
+#[derive(Debug, Serialize)]
+struct SeriesDetail<'a> {
+    id: &'a str,
+    points: Vec<PointView>,
+}
+
+async fn series(State(recent): State<SharedRecent>, Path(id): Path<String>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    match r.points(&id) {
+        Some(points) => Json(SeriesDetail { id: &id, points }).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("series {id:?} is not held\n"),
+        )
+            .into_response(),
+    }
+}

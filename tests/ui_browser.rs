@@ -1,0 +1,313 @@
+//! The web page in a real headless Chromium (Debian's `chromium`, installed
+//! by `scripts/setup`), against a live attnwatch fed through the real
+//! broker: the JSON API answers, the page lists the anomalies, a mouse
+//! click on one draws its explanation (the heatmap's pixels are checked),
+//! and the series filter works. The screenshots are kept under
+//! `target/ui-screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use attnwatch::app::App;
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
+    let names = Names::new("ui");
+    create_topics(&names, 1).await;
+    let shutdown = CancellationToken::new();
+    let cfg = config(&names);
+    let keep = cfg.ui.points_per_series;
+    let app = App::start(cfg, shutdown.clone()).await.unwrap();
+    let addr = app.http_addr();
+
+    // Two series with a spike each, through Kafka.
+    let n = contract().window + 300;
+    let p = producer();
+    for (name, seed) in [("web-01/cpu", 1), ("db-7/latency", 2)] {
+        for (ts, v) in series(n, n - 60, seed) {
+            produce(&p, &names.input, name, &sample(name, ts, v)).await;
+        }
+    }
+
+    // The API: both series' anomalies arrive (deadline-bounded).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let list = loop {
+        let (status, body) = http_get(addr, "/api/anomalies").await;
+        assert_eq!(status, 200, "{body}");
+        let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let has = |s: &str| list.iter().any(|a| a["series"] == s);
+        if has("web-01/cpu") && has("db-7/latency") {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "anomalies of both series not listed in time: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ids: Vec<u64> = list.iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let (_, only_db) = http_get(addr, "/api/anomalies?series=db-7").await;
+    let only_db: Vec<Value> = serde_json::from_str(&only_db).unwrap();
+    assert!(!only_db.is_empty() && only_db.iter().all(|a| a["series"] == "db-7/latency"));
+    let (status, detail) = http_get(addr, &format!("/api/anomalies/{}", ids[0])).await;
+    assert_eq!(status, 200);
+    let detail: Value = serde_json::from_str(&detail).unwrap();
+    let tokens = detail["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), contract().tokens(), "a full context");
+    assert!(!detail["top"].as_array().unwrap().is_empty());
+    assert!(!detail["context_values"].as_array().unwrap().is_empty());
+    let (status, s) = http_get(addr, "/api/series/web-01%2Fcpu").await;
+    assert_eq!(status, 200, "{s}");
+    let s: Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(
+        s["points"].as_array().unwrap().len(),
+        keep,
+        "ui.points_per_series"
+    );
+    assert_eq!(http_get(addr, "/api/series/nope").await.0, 404);
+    assert_eq!(http_get(addr, "/api/anomalies/999999").await.0, 404);
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    let held = |kind: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("attnwatch_ui_held{{kind=\"{kind}\"}} ")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(held("series"), 2);
+    assert_eq!(held("points"), 2 * keep as i64);
+    assert!(held("anomalies") >= 2);
+
+    // The page, in the browser.
+    let url = format!("http://{addr}/");
+    let shots = tokio::task::spawn_blocking(move || browse(&url))
+        .await
+        .unwrap();
+    for s in &shots {
+        assert!(std::fs::metadata(s).unwrap().len() > 10_000, "{s:?}");
+    }
+
+    shutdown.cancel();
+    app.wait().await.unwrap();
+}
+
+/// Drive the page: wait for the list, click the first anomaly, check the
+/// heatmap, filter by series. Returns the screenshots taken.
+fn browse(url: &str) -> Vec<PathBuf> {
+    let mut b = Browser::launch();
+    b.call("Page.enable", json!({}));
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    b.call("Page.navigate", json!({ "url": url }));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut shots = Vec::new();
+
+    let rows = b.wait_for("document.querySelectorAll('#list tr').length", |v| {
+        v.as_u64().unwrap_or(0) >= 2
+    });
+    shots.push(b.screenshot(&dir.join("1-anomaly-list.png")));
+
+    // A real mouse click in the middle of the first row.
+    let rect = b.eval(
+        "JSON.stringify((() => { const r = document.querySelector('#list tr').getBoundingClientRect(); \
+         return {x: r.x + r.width / 2, y: r.y + r.height / 2, id: document.querySelector('#list tr').dataset.id}; })())",
+    );
+    let rect: Value = serde_json::from_str(rect.as_str().unwrap()).unwrap();
+    for kind in ["mousePressed", "mouseReleased"] {
+        b.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": kind, "x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}),
+        );
+    }
+    let drawn = b.wait_for("document.body.dataset.drawn || ''", |v| {
+        v.as_str().is_some_and(|s| !s.is_empty())
+    });
+    assert_eq!(drawn, rect["id"], "the clicked anomaly is the one drawn");
+    // The heatmap has a cell per context token and coloured pixels.
+    let cells = b.eval("Number(document.getElementById('heatmap').dataset.cells || 0)");
+    assert!(cells.as_u64().unwrap() >= 64, "heatmap cells: {cells}");
+    let coloured = b.eval(
+        "(() => { const c = document.getElementById('heatmap'); \
+         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0; \
+         for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && (d[i + 1] < 200)) n++; return n; })()",
+    );
+    assert!(
+        coloured.as_u64().unwrap() > 100,
+        "heatmap shows no attention: {coloured} coloured pixels"
+    );
+    let words = b.eval("document.querySelectorAll('#words li').length");
+    assert!(words.as_u64().unwrap() >= 1, "top-attended ranges in words");
+    let text = b.eval("document.getElementById('words').textContent");
+    assert!(
+        text.as_str().unwrap().contains("% of the attention on"),
+        "{text}"
+    );
+    shots.push(b.screenshot(&dir.join("2-explanation.png")));
+
+    // The filter.
+    b.call(
+        "Runtime.evaluate",
+        json!({"expression": "document.getElementById('filter').focus()"}),
+    );
+    b.call("Input.insertText", json!({"text": "web-01"}));
+    b.wait_for(
+        "Array.from(document.querySelectorAll('#list tr')).every(r => r.textContent.includes('web-01')) \
+         && document.querySelectorAll('#list tr').length > 0",
+        |v| v.as_bool() == Some(true),
+    );
+    let after = b.eval("document.querySelectorAll('#list tr').length");
+    assert!(
+        after.as_u64().unwrap() < rows.as_u64().unwrap(),
+        "{after} of {rows}"
+    );
+    shots.push(b.screenshot(&dir.join("3-filtered.png")));
+    shots
+}
+
+/// A headless Chromium driven over the DevTools protocol.
+struct Browser {
+    child: Child,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    session: String,
+    next_id: u64,
+    _profile: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Browser {
+    fn launch() -> Self {
+        let profile = std::env::temp_dir().join(unique("attnwatch-chromium"));
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium not found: scripts/setup installs Debian's chromium");
+        // Chromium prints its DevTools endpoint on stderr.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ws://") {
+                    let _ = tx.send(line[at..].trim().to_string());
+                }
+            }
+        });
+        let endpoint = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromium printed no DevTools endpoint within 60 s");
+        let (ws, _) = tungstenite::connect(endpoint.as_str()).unwrap();
+        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        let mut b = Browser {
+            child,
+            ws,
+            session: String::new(),
+            next_id: 0,
+            _profile: TempDir(profile),
+        };
+        let target = b.call("Target.createTarget", json!({"url": "about:blank"}));
+        let attached = b.call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b
+    }
+
+    /// Send a command (to the page once attached) and wait for its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = json!(self.session);
+        }
+        self.ws.send(Message::text(msg.to_string())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no answer to {method}");
+            let Message::Text(t) = self.ws.read().unwrap() else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"].as_u64() == Some(id) {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluate `expression` until `ok` holds (deadline-bounded).
+    fn wait_for(&mut self, expression: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.eval(expression);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out: {expression} = {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&mut self, path: &std::path::Path) -> PathBuf {
+        let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+        path.to_path_buf()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
