@@ -1,0 +1,181 @@
+//! The Helm chart, rendered by a real `helm template` (Helm built from its
+//! Go module by `scripts/setup`): the fields an operator relies on are
+//! there, the config it writes is one the service accepts, and values that
+//! cannot work are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use attnwatch::config::Config;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn helm() -> PathBuf {
+    std::env::var_os("HELM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/attnwatch/helm-v3.22.0/helm"))
+        })
+        .filter(|p| p.is_file())
+        .expect("helm not found: run scripts/setup (it builds Helm into ~/.cache/attnwatch)")
+}
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/attnwatch")
+}
+
+/// `helm template` with `--set` values: the documents, or helm's error.
+fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "rel"]).arg(chart());
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect())
+}
+
+fn kind<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == k).collect()
+}
+
+fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    let v = kind(docs, k);
+    assert_eq!(v.len(), 1, "one {k}");
+    v[0]
+}
+
+#[test]
+fn helm_lint_passes() {
+    let out = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn defaults_render_replicas_in_one_group_with_probes_scraping_pdb_and_sized_memory() {
+    let docs = render(&[]).unwrap();
+    let d = one(&docs, "Deployment");
+    assert_eq!(d["spec"]["replicas"], 3);
+    let pod = &d["spec"]["template"];
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9898");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    assert!(ann["checksum/config"].as_str().unwrap().len() == 64);
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["startupProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["ports"][0]["containerPort"], 9898);
+    // 192 MiB + 20,000 series x 48 KiB (rounded up) = 1130 MiB; limit 150%.
+    assert_eq!(c["resources"]["requests"]["memory"], "1130Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "1695Mi");
+    let env: Vec<&str> = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"POD_NAME") && env.contains(&"RUST_LOG"),
+        "{env:?}"
+    );
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"], "/etc/attnwatch",
+        "the config file the args name"
+    );
+    assert!(
+        pod["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap()
+            > 30
+    );
+
+    // The ConfigMap's file is a config the service accepts, with the group,
+    // topics and the per-replica series bound the memory was sized for.
+    let cm = one(&docs, "ConfigMap");
+    let toml = cm["data"]["attnwatch.toml"].as_str().unwrap();
+    let cfg = Config::from_toml_and_env(toml, Vec::<(String, String)>::new()).unwrap();
+    assert_eq!(cfg.kafka.group_id, "attnwatch");
+    assert_eq!(cfg.kafka.input_topic, "attnwatch-input");
+    assert_eq!(cfg.window.max_series, 20_000);
+    assert_eq!(cfg.model.stride, 32);
+    assert_eq!(cfg.server.listen.port(), 9898);
+
+    let pdb = one(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["port"], 9898);
+    assert!(kind(&docs, "ServiceMonitor").is_empty());
+    assert!(kind(&docs, "ScaledObject").is_empty());
+}
+
+#[test]
+fn statefulset_servicemonitor_and_keda_when_asked() {
+    let docs = render(&[
+        "workload.kind=StatefulSet",
+        "serviceMonitor.enabled=true",
+        "keda.enabled=true",
+        "kafka.partitions=6",
+        "replicaCount=2",
+        "sizing.seriesPerReplica=100000",
+    ])
+    .unwrap();
+    assert!(kind(&docs, "Deployment").is_empty());
+    let s = one(&docs, "StatefulSet");
+    assert_eq!(s["spec"]["serviceName"], "rel-attnwatch-headless");
+    assert!(s["spec"]["replicas"].is_null(), "KEDA owns the replicas");
+    let services = kind(&docs, "Service");
+    assert!(services
+        .iter()
+        .any(|s| s["spec"]["clusterIP"] == "None"
+            && s["metadata"]["name"] == "rel-attnwatch-headless"));
+    let mem = &s["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"];
+    assert_eq!(mem, "4880Mi", "192 + 100,000 x 48 KiB");
+    let sm = one(&docs, "ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    let so = one(&docs, "ScaledObject");
+    assert_eq!(so["spec"]["scaleTargetRef"]["kind"], "StatefulSet");
+    assert_eq!(
+        so["spec"]["maxReplicaCount"], 6,
+        "bounded by the partitions"
+    );
+    let t = &so["spec"]["triggers"][0];
+    assert_eq!(t["type"], "kafka");
+    assert_eq!(t["metadata"]["consumerGroup"], "attnwatch");
+    assert_eq!(t["metadata"]["topic"], "attnwatch-input");
+    assert_eq!(t["metadata"]["lagThreshold"], "10000");
+}
+
+#[test]
+fn more_replicas_than_partitions_is_refused() {
+    let e = render(&["replicaCount=13"]).unwrap_err();
+    assert!(
+        e.contains("replicaCount (13) is above kafka.partitions (12)"),
+        "{e}"
+    );
+    let e = render(&["workload.kind=DaemonSet"]).unwrap_err();
+    assert!(e.contains("workload.kind must be"), "{e}");
+}
