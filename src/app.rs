@@ -32,7 +32,7 @@ use crate::ingest::kafka::{self, IngestError, OffsetStore, Outputs};
 use crate::ingest::stage::Planner;
 use crate::metrics::Metrics;
 use crate::model::worker::{self, WorkerSettings};
-use crate::model::{Engine, Forecaster, ModelError};
+use crate::model::{reload, Forecaster, ModelError};
 use crate::publish::{self, PublishSettings, Publisher};
 use crate::recent::Recent;
 use crate::score::Scorer;
@@ -104,19 +104,11 @@ impl App {
             .path;
 
         // Model: one engine per inference thread, each warmed up once.
-        let model_cfg = config.model.clone();
-        let engines = tokio::task::spawn_blocking(move || -> Result<Vec<Engine>, ModelError> {
-            let mut engines = Vec::with_capacity(model_cfg.sessions);
-            for _ in 0..model_cfg.sessions {
-                let mut e = Engine::load(&model_cfg, &lib)?;
-                let c = e.contract();
-                e.infer(&vec![0.0; c.window * c.f()], 1)?;
-                engines.push(e);
-            }
-            Ok(engines)
-        })
-        .await
-        .map_err(|e| AppError::Internal(format!("model loading task: {e}")))??;
+        let (model_cfg, model_lib) = (config.model.clone(), lib.clone());
+        let engines =
+            tokio::task::spawn_blocking(move || reload::load_engines(&model_cfg, &model_lib))
+                .await
+                .map_err(|e| AppError::Internal(format!("model loading task: {e}")))??;
         let first = engines
             .first()
             .ok_or_else(|| AppError::Internal("no inference session".into()))?;
@@ -134,19 +126,7 @@ impl App {
             )));
         }
         let provider = first.provider();
-        metrics
-            .model_info
-            .with_label_values(&[
-                &contract.name,
-                &contract.version,
-                &contract.window.to_string(),
-                provider.as_str(),
-                config.model.provider.as_str(),
-            ])
-            .set(1);
-        metrics
-            .model_fallback
-            .set(i64::from(provider != config.model.provider));
+        reload::show_model(&metrics, &contract, provider, config.model.provider);
         tracing::info!(model = %contract.id(), window = contract.window, provider = provider.as_str(),
             requested = config.model.provider.as_str(), sessions = engines.len(), "model loaded");
         health.model_warm.store(true, Ordering::Relaxed);
@@ -192,7 +172,6 @@ impl App {
                 output_topic: config.kafka.output_topic.clone(),
                 dead_letter_topic: config.kafka.dead_letter_topic.clone(),
                 max_in_flight: config.publish.max_in_flight,
-                model_id: contract.id(),
                 publish: config.publish.clone(),
                 recent,
             },
@@ -205,10 +184,13 @@ impl App {
             max_delay: config.model.max_delay,
         };
         let mut job_txs = Vec::with_capacity(engines.len());
+        let mut reload_txs = Vec::with_capacity(engines.len());
         let mut workers = Vec::with_capacity(engines.len());
         for (i, engine) in engines.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(config.model.queue_capacity);
             job_txs.push(tx);
+            let (reload_tx, reload_rx) = flume::unbounded();
+            reload_txs.push(reload_tx);
             let (scorer, out, s, m) = (
                 Scorer::new(config.score.clone(), config.window.max_series),
                 pub_tx.clone(),
@@ -219,11 +201,23 @@ impl App {
                 .name(format!("attnwatch-infer-{i}"))
                 .spawn(move || {
                     let model: Box<dyn Forecaster + Send> = Box::new(engine);
-                    worker::run(model, scorer, rx, out, s, m)
+                    worker::run(model, scorer, rx, reload_rx, out, s, m)
                 })
                 .map_err(|e| AppError::Internal(format!("spawning inference thread: {e}")))?;
             workers.push(handle);
         }
+        // Hot reload: SIGHUP or a changed model file.
+        tokio::spawn(reload::watch(
+            reload::Watch {
+                config: config.model.clone(),
+                library: lib,
+                current: contract.clone(),
+                stride: config.model.stride,
+                workers: reload_txs,
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let planner = Planner::new(
             config
                 .window

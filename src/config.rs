@@ -223,6 +223,10 @@ pub struct ModelConfig {
     /// Capacity of each inference thread's input queue (points).
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// How often `path` is checked for a new model file (size or mtime
+    /// changed) to hot-reload; "0s": only on SIGHUP.
+    #[serde(default = "default_reload_poll", with = "humantime_serde")]
+    pub reload_poll: Duration,
 }
 
 /// Calibration settings.
@@ -483,6 +487,9 @@ fn default_ui_points() -> usize {
 }
 fn default_ui_anomalies() -> usize {
     500
+}
+fn default_reload_poll() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_grace() -> Duration {
     Duration::from_secs(30)

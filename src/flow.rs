@@ -129,6 +129,9 @@ pub struct ScoredPoint {
     pub token: Token,
     /// Kafka timestamp of that message.
     pub source_ts_ms: Option<i64>,
+    /// `name@version` of the model that forecast it (it changes on a hot
+    /// reload).
+    pub model: Arc<str>,
 }
 
 impl ScoredPoint {

@@ -65,6 +65,11 @@ pub const MODEL_FALLBACK: &str = "attnwatch_model_fallback";
 /// (decode, window, run schedule), `model` (inference calls), `score`
 /// (forecast surprise, calibration, batching), `encode` (output JSON).
 pub const STAGE_BUSY: &str = "attnwatch_stage_busy_seconds_total";
+/// Hot reloads of the model, by `result`: `kept_calibration`,
+/// `reset_calibration` (both swapped in), `refused` (breaks the running
+/// contract), `failed` (could not be loaded); the old model keeps running
+/// on the last two.
+pub const MODEL_RELOADS: &str = "attnwatch_model_reloads_total";
 /// What the web page keeps, by `kind`: `series`, `points`, `anomalies`.
 pub const UI_HELD: &str = "attnwatch_ui_held";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
@@ -127,10 +132,16 @@ pub struct Metrics {
     pub model_fallback: IntGauge,
     /// [`UI_HELD`], label `kind`.
     pub ui_held: IntGaugeVec,
+    /// [`MODEL_RELOADS`], label `result`.
+    pub model_reloads: IntCounterVec,
 }
 
 /// Stages timed under [`STAGE_BUSY`].
 pub const STAGES: [&str; 4] = ["ingest", "model", "score", "encode"];
+
+/// Results counted under [`MODEL_RELOADS`].
+pub const RELOAD_RESULTS: [&str; 4] =
+    ["kept_calibration", "reset_calibration", "refused", "failed"];
 
 /// Error kinds counted under [`ERRORS`].
 pub const ERROR_KINDS: [&str; 6] = [
@@ -295,6 +306,11 @@ impl Metrics {
                 "1 when the execution provider in use is not the configured one.",
             )?,
             ui_held,
+            model_reloads: counter_vec(
+                MODEL_RELOADS,
+                "Model hot reloads: kept_calibration, reset_calibration, refused, failed.",
+                "result",
+            )?,
             registry,
         };
         for reason in Reason::ALL_CODES.iter().chain(&["no_forecast"]) {
@@ -302,6 +318,9 @@ impl Metrics {
         }
         for reason in ["lru", "idle", "calibration_lru", "ui_lru"] {
             m.series_evicted.with_label_values(&[reason]);
+        }
+        for result in RELOAD_RESULTS {
+            m.model_reloads.with_label_values(&[result]);
         }
         for kind in ["series", "points", "anomalies"] {
             m.ui_held.with_label_values(&[kind]);

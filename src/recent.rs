@@ -230,6 +230,7 @@ mod tests {
                 generation: 0,
             },
             source_ts_ms: None,
+            model: "m@1".into(),
         }
     }
 

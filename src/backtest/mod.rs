@@ -85,7 +85,6 @@ pub fn score_series(
     progress: &ProgressBar,
 ) -> Result<Vec<Scored>, BacktestError> {
     let contract = model.contract().clone();
-    let model_id = contract.id();
     let metrics = Metrics::new()?;
     let mut planner = Planner::new(
         config
@@ -120,7 +119,7 @@ pub fn score_series(
             worker::process_batch(model, &mut scorer, jobs, config.model.max_batch, None);
         for item in items {
             if let Outgoing::Point(point) = item {
-                let msg = encode::score_message(&point, &model_id, &config.publish)?;
+                let msg = encode::score_message(&point, &config.publish)?;
                 out.push(Scored {
                     record: serde_json::from_slice(&msg.payload)?,
                     point,

@@ -33,6 +33,7 @@ impl RollingZ {
                     .into(),
                 flops_per_run: 0,
                 novelty: 0,
+                scores_compatible_with: Vec::new(),
             },
         }
     }

@@ -70,6 +70,10 @@ pub struct Contract {
     pub flops_per_run: u64,
     /// How many novelty values the model outputs per run (0: none).
     pub novelty: usize,
+    /// Versions of the same model whose calibrations this one's scores may
+    /// continue (`attnwatch.scores_compatible_with`, comma-separated;
+    /// optional): on a hot reload from one of them, calibrations are kept.
+    pub scores_compatible_with: Vec<String>,
 }
 
 impl Contract {
@@ -217,6 +221,17 @@ pub fn check(d: &ModelDescription) -> Result<Contract, ContractError> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         novelty,
+        scores_compatible_with: d
+            .metadata
+            .get("attnwatch.scores_compatible_with")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -12,6 +12,7 @@ pub mod contract;
 pub mod engine;
 pub mod forecast;
 pub mod library;
+pub mod reload;
 pub mod worker;
 
 pub use contract::Contract;

@@ -22,6 +22,7 @@ use hashbrown::HashSet;
 use tokio::sync::mpsc;
 
 use super::forecast::{Explanation, Forecast, Shape};
+use super::reload::Reload;
 use super::Forecaster;
 use crate::flow::{DeadLetter, FeatureScore, Job, Outgoing, ScoredPoint};
 use crate::metrics::Metrics;
@@ -76,16 +77,18 @@ pub struct BatchStats {
     pub model_seconds: f64,
 }
 
-/// Runs waiting for one inference call.
+/// Runs waiting for one inference call (of at most `max_batch`).
 struct Pending {
+    max_batch: usize,
     keys: Vec<Arc<str>>,
     contexts: Vec<Window>,
     waiting: HashSet<Arc<str>>,
 }
 
 impl Pending {
-    fn new() -> Self {
+    fn new(max_batch: usize) -> Self {
         Pending {
+            max_batch: max_batch.max(1),
             keys: Vec::new(),
             contexts: Vec::new(),
             waiting: HashSet::new(),
@@ -116,8 +119,8 @@ pub fn process_batch(
 ) -> (Vec<Outgoing>, BatchStats) {
     let mut out = Vec::with_capacity(jobs.len());
     let mut stats = BatchStats::default();
-    let mut pending = Pending::new();
-    let max_batch = max_batch.max(1);
+    let mut pending = Pending::new(max_batch);
+    let model_id: Arc<str> = model.contract().id().into();
     let mut round = jobs;
     // Rounds: a job whose series still waits for a queued run (or is behind
     // such a job) is deferred to the next round, after the queued runs are
@@ -139,8 +142,8 @@ pub fn process_batch(
                 model,
                 scorer,
                 job,
+                &model_id,
                 &mut pending,
-                max_batch,
                 &mut stats,
                 metrics,
             ) {
@@ -160,8 +163,8 @@ fn process_job(
     model: &mut dyn Forecaster,
     scorer: &mut Scorer,
     mut job: Job,
+    model_id: &Arc<str>,
     pending: &mut Pending,
-    max_batch: usize,
     stats: &mut BatchStats,
     metrics: Option<&Metrics>,
 ) -> Option<Outgoing> {
@@ -188,7 +191,7 @@ fn process_job(
             pending.waiting.insert(f.key.clone());
             pending.keys.push(f.key.clone());
             pending.contexts.push(context);
-            if pending.keys.len() >= max_batch {
+            if pending.keys.len() >= pending.max_batch {
                 flush(model, scorer, pending, stats, metrics);
             }
         }
@@ -208,6 +211,7 @@ fn process_job(
         features,
         token: job.token,
         source_ts_ms: job.source_ts_ms,
+        model: model_id.clone(),
     }))
 }
 
@@ -316,16 +320,26 @@ fn unscored(job: &Job) -> DeadLetter {
     }
 }
 
-/// The loop of one inference thread; returns when `rx` is closed and drained.
+/// The loop of one inference thread; returns when `rx` is closed and
+/// drained. A model sent on `reloads` replaces the running one before the
+/// next batch (calibrations reset unless the reload keeps them).
 pub fn run(
     mut model: Box<dyn Forecaster + Send>,
     mut scorer: Scorer,
     rx: flume::Receiver<Job>,
+    reloads: flume::Receiver<Reload>,
     tx: mpsc::Sender<Outgoing>,
     settings: WorkerSettings,
     metrics: Metrics,
 ) {
     while let Some(jobs) = gather(&rx, settings.max_jobs, settings.max_delay) {
+        while let Ok(r) = reloads.try_recv() {
+            model = r.model;
+            if !r.keep_calibration {
+                let n = scorer.reset_calibrations();
+                tracing::info!(series = n, model = %model.contract().id(), "calibrations reset");
+            }
+        }
         let started = Instant::now();
         let (items, stats) = process_batch(
             model.as_mut(),
@@ -394,6 +408,7 @@ mod tests {
                     score: String::new(),
                     flops_per_run: 0,
                     novelty: 0,
+                    scores_compatible_with: Vec::new(),
                 },
                 calls: Vec::new(),
             }

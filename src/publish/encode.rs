@@ -46,13 +46,9 @@ pub struct OutMessage {
 }
 
 /// Encode a scored point for the output topic.
-pub fn score_message(
-    point: &ScoredPoint,
-    model_id: &str,
-    cfg: &PublishConfig,
-) -> Result<OutMessage, EncodeError> {
+pub fn score_message(point: &ScoredPoint, cfg: &PublishConfig) -> Result<OutMessage, EncodeError> {
     let mut payload = Vec::with_capacity(512);
-    score_record(point, model_id, cfg, &mut payload)?;
+    score_record(point, cfg, &mut payload)?;
     Ok(OutMessage {
         dest: Dest::Output,
         key: Some(point.series.to_string()),
@@ -69,7 +65,6 @@ pub fn score_message(
 /// expected_std, model, labels, features, attention.
 pub fn score_record(
     point: &ScoredPoint,
-    model_id: &str,
     cfg: &PublishConfig,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
@@ -131,7 +126,7 @@ pub fn score_record(
     out.extend_from_slice(b",\"expected_std\":");
     json::f32(out, driver.expected_std);
     out.extend_from_slice(b",\"model\":");
-    json::string(out, model_id);
+    json::string(out, &point.model);
     out.extend_from_slice(b",\"labels\":{");
     for (i, (k, v)) in point.labels.iter().enumerate() {
         if i > 0 {
@@ -310,6 +305,7 @@ mod tests {
                 generation: 1,
             },
             source_ts_ms: Some(5),
+            model: "enc@1".into(),
         }
     }
 
@@ -324,7 +320,7 @@ mod tests {
     #[test]
     fn single_value_top_k() {
         let p = point(vec![feature("value", 2.5, 0.4, false)], false);
-        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::TopK)).unwrap();
+        let msg = score_message(&p, &cfg(AttentionDetail::TopK)).unwrap();
         assert_eq!(msg.key.as_deref(), Some("s"));
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["series"], "s");
@@ -354,7 +350,7 @@ mod tests {
             true,
         );
         assert!(p.anomaly());
-        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::Row)).unwrap();
+        let msg = score_message(&p, &cfg(AttentionDetail::Row)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert_eq!(v["score"], 1.7);
         assert_eq!(v["anomaly"], true);
@@ -372,7 +368,7 @@ mod tests {
     #[test]
     fn attention_none_is_omitted() {
         let p = point(vec![feature("value", 2.5, 0.4, false)], false);
-        let msg = score_message(&p, "enc@1", &cfg(AttentionDetail::None)).unwrap();
+        let msg = score_message(&p, &cfg(AttentionDetail::None)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         assert!(v.get("attention").is_none());
     }

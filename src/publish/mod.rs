@@ -45,8 +45,6 @@ pub struct PublishSettings {
     pub dead_letter_topic: String,
     /// Most messages awaiting acknowledgement.
     pub max_in_flight: usize,
-    /// `name@version` of the model, published in every record.
-    pub model_id: String,
     /// Output detail.
     pub publish: PublishConfig,
     /// The web page's store, fed with every scored point (None: no page).
@@ -270,7 +268,7 @@ async fn publish(
     match item {
         Outgoing::Point(p) => {
             buf.clear();
-            if let Err(e) = encode::score_record(&p, &settings.model_id, &settings.publish, buf) {
+            if let Err(e) = encode::score_record(&p, &settings.publish, buf) {
                 // Counted, and acknowledged so its input offset is not held forever.
                 metrics.error("encode", &e);
                 acker.ack(p.token);

@@ -91,6 +91,16 @@ impl Scorer {
         self.entry(key).forecast = Some(forecast);
     }
 
+    /// Start every series' calibration afresh, keeping the forecasts (a
+    /// hot-reloaded model whose scores are not comparable with the old
+    /// one's). Returns the series reset.
+    pub fn reset_calibrations(&mut self) -> usize {
+        for (_, s) in self.series.iter_mut() {
+            s.calibration = Calibration::new();
+        }
+        self.series.len()
+    }
+
     /// Forget the forecast of series `key` (its run failed): its values are
     /// unscored until the next run.
     pub fn drop_forecast(&mut self, key: &str) {
