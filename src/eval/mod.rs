@@ -282,39 +282,30 @@ pub fn run(
 ) -> Result<Vec<DetectorReport>, EvalError> {
     let model_id = model.contract().id();
     let mut reports = Vec::new();
+    // One detector: a model (or baseline) at a stride with a calibration.
+    let mut run_one = |name: String,
+                       model: &mut dyn Forecaster,
+                       stride: usize,
+                       score: ScoreConfig|
+     -> Result<(), EvalError> {
+        let mut d = Detector {
+            name,
+            model,
+            stride,
+            score,
+        };
+        let report = evaluate(files, window, &mut d, options.batch, options.phases, out)?;
+        reports.push(report);
+        Ok(())
+    };
     for &bw in &options.baseline_windows {
         // The yardstick scores from the 16th value, as it always has.
         let mut b = RollingZ::new(bw, 16);
-        let mut d = Detector {
-            name: format!("baseline_zscore_w{bw}"),
-            model: &mut b,
-            stride: 1,
-            score: score.clone(),
-        };
-        reports.push(evaluate(
-            files,
-            window,
-            &mut d,
-            options.batch,
-            options.phases,
-            out,
-        )?);
+        let name = format!("baseline_zscore_w{bw}");
+        run_one(name.clone(), &mut b, 1, score.clone())?;
         if options.ablation {
             for (suffix, cfg) in ablations(score) {
-                let mut d = Detector {
-                    name: format!("baseline_zscore_w{bw}_{suffix}"),
-                    model: &mut b,
-                    stride: 1,
-                    score: cfg,
-                };
-                reports.push(evaluate(
-                    files,
-                    window,
-                    &mut d,
-                    options.batch,
-                    options.phases,
-                    out,
-                )?);
+                run_one(format!("{name}_{suffix}"), &mut b, 1, cfg)?;
             }
         }
     }
@@ -324,36 +315,10 @@ pub fn run(
         } else {
             format!("attnwatch_stride{stride}")
         };
-        let mut d = Detector {
-            name: name.clone(),
-            model: &mut *model,
-            stride,
-            score: score.clone(),
-        };
-        reports.push(evaluate(
-            files,
-            window,
-            &mut d,
-            options.batch,
-            options.phases,
-            out,
-        )?);
+        run_one(name.clone(), &mut *model, stride, score.clone())?;
         if options.ablation && i == 0 {
             for (suffix, cfg) in ablations(score) {
-                let mut d = Detector {
-                    name: format!("{name}_{suffix}"),
-                    model: &mut *model,
-                    stride,
-                    score: cfg,
-                };
-                reports.push(evaluate(
-                    files,
-                    window,
-                    &mut d,
-                    options.batch,
-                    options.phases,
-                    out,
-                )?);
+                run_one(format!("{name}_{suffix}"), &mut *model, stride, cfg)?;
             }
         }
     }
