@@ -29,7 +29,8 @@ use attnwatch::flow::Token;
 use attnwatch::ingest::decode::{self, FeatureSet, Reason};
 use attnwatch::ingest::stage::{MessageMeta, Planner};
 use attnwatch::metrics::Metrics;
-use attnwatch::model::{worker, Engine};
+use attnwatch::model::reload::load_engines;
+use attnwatch::model::worker;
 use attnwatch::score::Scorer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -162,7 +163,7 @@ fn main() {
     let lib = attnwatch::model::library::find(&c.model)
         .unwrap_or_else(|e| panic!("{e}"))
         .path;
-    let mut engine = Engine::load(&c.model, &lib).unwrap();
+    let mut engine = load_engines(&c.model, &lib).unwrap().remove(0);
     let contract = engine.contract().clone();
     let metrics = Metrics::new().unwrap();
     let mut planner = Planner::new(

@@ -25,7 +25,8 @@ use attnwatch::flow::Token;
 use attnwatch::ingest::decode::{FeatureSet, Sample, Values};
 use attnwatch::ingest::stage::{MessageMeta, Planner};
 use attnwatch::metrics::Metrics;
-use attnwatch::model::{worker, Engine};
+use attnwatch::model::reload::load_engines;
+use attnwatch::model::worker;
 use attnwatch::score::Scorer;
 
 fn status_kib(field: &str) -> u64 {
@@ -51,9 +52,8 @@ fn main() {
     let lib = attnwatch::model::library::find(&c.model)
         .unwrap_or_else(|e| panic!("{e}"))
         .path;
-    let mut engine = Engine::load(&c.model, &lib).unwrap();
+    let mut engine = load_engines(&c.model, &lib).unwrap().remove(0);
     let contract = engine.contract().clone();
-    engine.infer(&vec![0.0; contract.window], 1).unwrap();
     let mut planner = Planner::new(
         c.window
             .settings(contract.window, contract.min_points, c.model.stride),

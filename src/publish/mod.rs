@@ -113,14 +113,7 @@ impl ProducerContext for DeliveryContext {
             Err((e, msg)) => {
                 // Still in flight: it goes out again after a backoff.
                 self.metrics.error("delivery", e);
-                let headers = msg
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = owned_headers(msg.headers());
                 let retry = Retry {
                     key: msg.key().map(<[u8]>::to_vec),
                     payload: msg.payload().unwrap_or_default().to_vec(),
@@ -135,6 +128,17 @@ impl ProducerContext for DeliveryContext {
             }
         }
     }
+}
+
+/// A message's headers as owned pairs (to send it again).
+fn owned_headers<H: Headers>(headers: Option<&H>) -> Vec<(String, Vec<u8>)> {
+    headers
+        .map(|h| {
+            h.iter()
+                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The output producer.
@@ -352,15 +356,7 @@ async fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8], 
                 // failed delivery is reported, so it is retried with backoff.
                 let context = producer.context();
                 context.metrics.error("delivery", &e);
-                let headers = r
-                    .headers
-                    .as_ref()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = owned_headers(r.headers.as_ref());
                 let retry = Retry {
                     key: r.key.map(<[u8]>::to_vec),
                     payload: r.payload.map(<[u8]>::to_vec).unwrap_or_default(),
