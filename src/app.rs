@@ -26,10 +26,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::ingest::decode::FeatureSet;
-use crate::ingest::kafka::{self, IngestError, OffsetStore, Outputs};
+use crate::ingest::kafka::{self, IngestError, LoopSettings, OffsetStore, Outputs};
 use crate::ingest::stage::Planner;
+use crate::ingest::transaction::Transactions;
 use crate::metrics::Metrics;
 use crate::model::worker::{self, WorkerSettings};
 use crate::model::{reload, Forecaster, ModelError};
@@ -162,6 +163,27 @@ impl App {
         )
         .map_err(AppError::Producer)?;
         let producer = publisher.producer.clone();
+        let transactions = match config.kafka.delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce => {
+                let (p, timeout, m) = (
+                    producer.clone(),
+                    config.kafka.transaction_timeout,
+                    metrics.clone(),
+                );
+                let txn = tokio::task::spawn_blocking(move || Transactions::start(p, timeout, m))
+                    .await
+                    .map_err(|e| AppError::Internal(format!("transactions task: {e}")))?
+                    .map_err(IngestError::from)?;
+                let txn = Arc::new(txn);
+                store.set_transactions(&txn);
+                tracing::info!(
+                    transactional_id = %transactional_id(&config),
+                    "exactly_once delivery: transactions initialised"
+                );
+                Some(txn)
+            }
+        };
 
         // Channels and stages.
         let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));
@@ -227,7 +249,7 @@ impl App {
         );
         let ingest = tokio::spawn(kafka::run(
             consumer.clone(),
-            store,
+            store.clone(),
             planner,
             Outputs {
                 jobs: job_txs,
@@ -235,15 +257,31 @@ impl App {
             },
             shutdown.clone(),
             metrics.clone(),
+            LoopSettings {
+                transactions: transactions.clone(),
+                commit_interval: config.kafka.commit_interval,
+                timers: config.window.timers(),
+            },
         ));
 
         let grace = config.shutdown.grace;
         let m = metrics.clone();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
+            let mut failure: Option<IngestError> = None;
             let drained = async {
-                if let Err(e) = ingest.await {
-                    m.error("kafka", &format!("ingest task: {e}"));
+                match ingest.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "stopping: the consume loop failed");
+                        failure = Some(e);
+                    }
+                    Err(e) => m.error("kafka", &format!("ingest task: {e}")),
+                }
+                if failure.is_some() {
+                    // The open transaction is lost: its outputs need not be
+                    // delivered (they are aborted), so do not wait for them.
+                    publisher.abort();
                 }
                 health.draining.store(true, Ordering::Relaxed);
                 tracing::info!("draining: inference threads");
@@ -257,8 +295,11 @@ impl App {
                     m.error("inference", &format!("joining inference threads: {e}"));
                 }
                 tracing::info!("draining: producer deliveries");
-                if let Err(e) = publisher.await {
-                    m.error("delivery", &format!("producer task: {e}"));
+                match publisher.await {
+                    Err(e) if !e.is_cancelled() => {
+                        m.error("delivery", &format!("producer task: {e}"));
+                    }
+                    _ => {}
                 }
             };
             // The grace period runs from the shutdown signal, not from
@@ -274,17 +315,41 @@ impl App {
                     "shutdown grace period over; stopping without a full drain"
                 ),
             }
-            let flush = tokio::task::spawn_blocking(move || {
-                if let Err(e) = producer.flush(Duration::from_secs(5)) {
-                    tracing::warn!(error = %e, "producer flush");
+            if let (Some(_), Some(txn)) = (&failure, &transactions) {
+                // Best effort: abort now rather than leave the transaction
+                // open until the broker times it out (a restart with the
+                // same transactional id would abort it too).
+                let txn = txn.clone();
+                let _ = tokio::task::spawn_blocking(move || txn.abort_quietly()).await;
+            }
+            if failure.is_none() {
+                let flush = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = producer.flush(Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "producer flush");
+                    }
+                });
+                let _ = flush.await;
+                let (c, s, t, m2) = (
+                    consumer.clone(),
+                    store.clone(),
+                    transactions.clone(),
+                    m.clone(),
+                );
+                let finished =
+                    tokio::task::spawn_blocking(move || kafka::finish(&c, &s, t.as_deref(), &m2))
+                        .await
+                        .map_err(|e| AppError::Internal(format!("final commit task: {e}")))?;
+                match finished {
+                    Ok(()) => tracing::info!("offsets committed; stopped"),
+                    Err(e) => failure = Some(e.into()),
                 }
-            });
-            let _ = flush.await;
-            kafka::commit(&consumer, &m);
-            tracing::info!("offsets committed; stopped");
+            }
             http_shutdown.cancel();
             let _ = http_task.await;
-            Ok(())
+            match failure {
+                Some(e) => Err(AppError::Ingest(e)),
+                None => Ok(()),
+            }
         });
         Ok(App {
             http_addr,
@@ -303,6 +368,15 @@ impl App {
 /// `[kafka.options]` apply last, so an operator can override any of them.
 pub fn producer_config(config: &Config) -> rdkafka::ClientConfig {
     let mut pc = kafka::client_config(&config.kafka);
+    let mut delivery_timeout = config.publish.delivery_timeout;
+    if config.kafka.delivery == Delivery::ExactlyOnce {
+        // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+        delivery_timeout = delivery_timeout.min(config.kafka.transaction_timeout);
+        pc.set("transactional.id", transactional_id(config)).set(
+            "transaction.timeout.ms",
+            config.kafka.transaction_timeout.as_millis().to_string(),
+        );
+    }
     pc.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -314,12 +388,27 @@ pub fn producer_config(config: &Config) -> rdkafka::ClientConfig {
         )
         .set(
             "message.timeout.ms",
-            config.publish.delivery_timeout.as_millis().to_string(),
+            delivery_timeout.as_millis().to_string(),
         );
     for (k, v) in &config.kafka.options {
         pc.set(k, v);
     }
     pc
+}
+
+/// The transactional id (exactly_once): `kafka.transactional_id`, or
+/// `attnwatch-<group_id>-<host name>`.
+pub fn transactional_id(config: &Config) -> String {
+    if let Some(id) = &config.kafka.transactional_id {
+        return id.clone();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "localhost".into());
+    format!("attnwatch-{}-{host}", config.kafka.group_id)
 }
 
 /// Start the service and run it until `shutdown` is cancelled and drained.

@@ -93,7 +93,28 @@ pub struct KafkaConfig {
     /// Topic that receives rejected records, original bytes plus a reason header.
     #[serde(default = "default_dlq_topic")]
     pub dead_letter_topic: String,
-    /// How often stored offsets are committed (they are also committed on shutdown).
+    /// Delivery guarantee: `at_least_once` (offsets committed after the
+    /// outputs are acknowledged; a crash or rebalance can repeat outputs) or
+    /// `exactly_once` (outputs, dead letters and input offsets in one Kafka
+    /// transaction per `commit_interval`; read the output with
+    /// `isolation.level=read_committed`). See the README's "Delivery".
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Transactional id of this instance (exactly_once only). It must be
+    /// unique among running instances and the same across restarts of one
+    /// instance, so that a restart fences and aborts its predecessor's open
+    /// transaction at once. Unset: `attnwatch-<group_id>-<host name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// Transaction timeout (exactly_once only): the broker aborts a
+    /// transaction left open this long by a dead instance, and the outputs
+    /// of its partitions wait that long for readers. Also bounds how long a
+    /// commit waits for outputs in flight.
+    #[serde(default = "default_transaction_timeout", with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// How often stored offsets are committed (they are also committed on
+    /// shutdown). In exactly_once mode, how often the transaction is
+    /// committed, which is also how long outputs wait before readers see them.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
     /// On partition assignment, how many messages before the committed offset
@@ -106,6 +127,28 @@ pub struct KafkaConfig {
     /// numbers and booleans are passed on as text).
     #[serde(default, deserialize_with = "scalars_as_strings")]
     pub options: BTreeMap<String, String>,
+}
+
+/// The delivery guarantee of the service (`kafka.delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Offsets are committed after every output of the messages before them
+    /// is acknowledged: nothing is lost, some outputs may repeat.
+    #[default]
+    AtLeastOnce,
+    /// Outputs and input offsets commit in one Kafka transaction.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// Name, as in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::ExactlyOnce => "exactly_once",
+        }
+    }
 }
 
 /// Window stage settings (see the README's "Time semantics").
@@ -138,9 +181,30 @@ pub struct WindowConfig {
     /// A series without points for this long (processing time) is evicted.
     #[serde(default = "default_idle_ttl", with = "humantime_serde")]
     pub idle_ttl: Duration,
+    /// Idle flush: after this much processing time without a later point
+    /// (or one interval of the series, if that is longer), the open bucket
+    /// is closed and scored instead of waiting for the next point. `0s`: off.
+    #[serde(default = "default_flush_after", with = "humantime_serde")]
+    pub flush_after: Duration,
+    /// A series silent this long (processing time; or three of its
+    /// intervals, if that is longer) gets one `{"series", "ts", "event":
+    /// "stale"}` record on the output topic and is counted in
+    /// `attnwatch_series_stale_total`. `0s`: off.
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
 }
 
 impl WindowConfig {
+    /// The idle flush and stale timers (zero durations are off).
+    pub fn timers(&self) -> crate::window::IdleTimers {
+        let ms =
+            |d: Duration| (!d.is_zero()).then(|| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        crate::window::IdleTimers {
+            flush_after_ms: ms(self.flush_after),
+            stale_after_ms: ms(self.stale_after),
+        }
+    }
+
     /// Window-stage settings for a model with context `w` and `min_points`,
     /// run every `stride` values.
     pub fn settings(&self, w: usize, min_points: usize, stride: usize) -> crate::window::Settings {
@@ -408,6 +472,15 @@ fn default_dlq_topic() -> String {
 fn default_commit_interval() -> Duration {
     Duration::from_secs(5)
 }
+fn default_flush_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_transaction_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_rebuild_messages() -> i64 {
     1024
 }
@@ -593,6 +666,22 @@ impl Config {
         if k.commit_interval.is_zero() {
             problems.push("kafka.commit_interval must be > 0".into());
         }
+        if k.delivery == Delivery::ExactlyOnce {
+            if k.transaction_timeout < Duration::from_secs(1) {
+                problems.push("kafka.transaction_timeout must be at least 1s".into());
+            }
+            if k.commit_interval >= k.transaction_timeout {
+                problems.push(
+                    "kafka.commit_interval must be shorter than kafka.transaction_timeout".into(),
+                );
+            }
+            if k.transactional_id
+                .as_ref()
+                .is_some_and(|t| t.trim().is_empty())
+            {
+                problems.push("kafka.transactional_id must not be empty when set".into());
+            }
+        }
         let w = &self.window;
         if w.interval.is_some_and(|d| d.as_millis() == 0) {
             problems.push("window.interval must be at least 1ms".into());
@@ -730,6 +819,31 @@ mod tests {
             "false"
         );
         assert_eq!(c.kafka.options["fetch.max.bytes"], "1048576");
+    }
+
+    #[test]
+    fn delivery_and_idle_timers() {
+        let c = Config::from_toml_and_env("", env(&[])).unwrap();
+        assert_eq!(c.kafka.delivery, Delivery::AtLeastOnce);
+        let t = c.window.timers();
+        assert_eq!(t.flush_after_ms, Some(120_000));
+        assert_eq!(t.stale_after_ms, Some(600_000));
+        let c = Config::from_toml_and_env(
+            "[kafka]\ndelivery = \"exactly_once\"\ncommit_interval = \"1s\"\n[window]\nflush_after = \"0s\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.delivery, Delivery::ExactlyOnce);
+        assert_eq!(c.window.timers().flush_after_ms, None);
+        // A commit interval as long as the transaction timeout could never commit in time.
+        let e = Config::from_toml_and_env(
+            "[kafka]\ndelivery = \"exactly_once\"\ncommit_interval = \"30s\"\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("transaction_timeout"), "{e}");
+        let e = Config::from_toml_and_env("[kafka]\ndelivery = \"twice\"\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("delivery"), "{e}");
     }
 
     #[test]

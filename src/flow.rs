@@ -27,6 +27,22 @@ pub struct Token {
     pub generation: u64,
 }
 
+impl Token {
+    /// The token of an output that no input message owes: a bucket closed
+    /// by the idle flush, a stale event. Offsets do not wait for it; an
+    /// exactly-once commit still waits for its acknowledgement.
+    pub const UNTRACKED: Token = Token {
+        partition: -1,
+        offset: -1,
+        generation: 0,
+    };
+
+    /// Whether this is [`Token::UNTRACKED`].
+    pub fn untracked(&self) -> bool {
+        self.partition < 0
+    }
+}
+
 /// Labels of a sample, shared by the points it produces.
 pub type Labels = Arc<BTreeMap<String, String>>;
 
@@ -169,6 +185,14 @@ pub struct DeadLetter {
 pub trait Acknowledge: Send + Sync {
     /// One output of the input message `token` was acknowledged.
     fn ack(&self, token: Token);
+
+    /// An output could not be delivered. `true`: send it again after a
+    /// backoff (at-least-once). `false`: give it up, because the delivery
+    /// guarantee is already lost another way (exactly-once: the open
+    /// transaction will abort and the service restarts from its offsets).
+    fn retry_undelivered(&self) -> bool {
+        true
+    }
 }
 
 /// What the publish stage receives.
@@ -181,4 +205,15 @@ pub enum Outgoing {
     /// An output that was owed but has nothing to send (a point whose
     /// series lost its forecast state): acknowledge it at once.
     Ack(Token),
+    /// A series went silent for `window.stale_after`.
+    Stale(StaleEvent),
+}
+
+/// A series that went silent (a `{"series", "ts", "event": "stale"}` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleEvent {
+    /// Series id.
+    pub series: Arc<str>,
+    /// Its newest timestamp (epoch ms).
+    pub ts: i64,
 }

@@ -70,6 +70,16 @@ pub const STAGE_BUSY: &str = "attnwatch_stage_busy_seconds_total";
 /// contract), `failed` (could not be loaded); the old model keeps running
 /// on the last two.
 pub const MODEL_RELOADS: &str = "attnwatch_model_reloads_total";
+/// Kafka transactions (exactly_once delivery), by result: `committed`,
+/// `retried`, `aborted`, `fenced`, `fatal`.
+pub const TRANSACTIONS: &str = "attnwatch_transactions_total";
+/// Duration of one transaction commit (offsets sent and committed).
+pub const TRANSACTION_SECONDS: &str = "attnwatch_transaction_commit_seconds";
+/// Open buckets closed by `window.flush_after` of processing time without a
+/// later point.
+pub const BUCKETS_FLUSHED: &str = "attnwatch_buckets_flushed_idle_total";
+/// Series that went silent for `window.stale_after` (one stale event each).
+pub const SERIES_STALE: &str = "attnwatch_series_stale_total";
 /// What the web page keeps, by `kind`: `series`, `points`, `anomalies`.
 pub const UI_HELD: &str = "attnwatch_ui_held";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
@@ -132,6 +142,14 @@ pub struct Metrics {
     pub model_fallback: IntGauge,
     /// [`UI_HELD`], label `kind`.
     pub ui_held: IntGaugeVec,
+    /// [`TRANSACTIONS`], label `result`.
+    pub transactions: IntCounterVec,
+    /// [`TRANSACTION_SECONDS`].
+    pub transaction_seconds: Histogram,
+    /// [`BUCKETS_FLUSHED`].
+    pub buckets_flushed: IntCounter,
+    /// [`SERIES_STALE`].
+    pub series_stale: IntCounter,
     /// [`MODEL_RELOADS`], label `result`.
     pub model_reloads: IntCounterVec,
 }
@@ -144,8 +162,9 @@ pub const RELOAD_RESULTS: [&str; 4] =
     ["kept_calibration", "reset_calibration", "refused", "failed"];
 
 /// Error kinds counted under [`ERRORS`].
-pub const ERROR_KINDS: [&str; 6] = [
+pub const ERROR_KINDS: [&str; 7] = [
     "kafka",
+    "transaction",
     "delivery",
     "inference",
     "commit",
@@ -306,6 +325,24 @@ impl Metrics {
                 "1 when the execution provider in use is not the configured one.",
             )?,
             ui_held,
+            transactions: counter_vec(
+                TRANSACTIONS,
+                "Kafka transactions (exactly_once): committed, retried, aborted, fenced, fatal.",
+                "result",
+            )?,
+            transaction_seconds: histogram(
+                TRANSACTION_SECONDS,
+                "Duration of one transaction commit.",
+                prometheus::exponential_buckets(0.001, 2.0, 16)?,
+            )?,
+            buckets_flushed: counter(
+                BUCKETS_FLUSHED,
+                "Open buckets closed after window.flush_after without a later point.",
+            )?,
+            series_stale: counter(
+                SERIES_STALE,
+                "Series silent for window.stale_after (one stale event each).",
+            )?,
             model_reloads: counter_vec(
                 MODEL_RELOADS,
                 "Model hot reloads: kept_calibration, reset_calibration, refused, failed.",
@@ -318,6 +355,9 @@ impl Metrics {
         }
         for reason in ["lru", "idle", "calibration_lru", "ui_lru"] {
             m.series_evicted.with_label_values(&[reason]);
+        }
+        for result in ["committed", "retried", "aborted", "fenced", "fatal"] {
+            m.transactions.with_label_values(&[result]);
         }
         for result in RELOAD_RESULTS {
             m.model_reloads.with_label_values(&[result]);

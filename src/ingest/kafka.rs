@@ -8,13 +8,26 @@
 //! without publishing those points twice. On revocation the stored offsets
 //! are committed and the partition's pending outputs are forgotten (the next
 //! owner re-reads them: at-least-once).
+//!
+//! With `kafka.delivery = "exactly_once"` offsets are never stored or
+//! auto-committed: every `commit_interval`, and on revocation, the loop
+//! waits for every output owed to be acknowledged and commits the input
+//! positions in the producer's transaction ([`super::transaction`]).
+//!
+//! Every second the idle timers of the window stage fire
+//! (`window.flush_after`, `window.stale_after`); their outputs are owed by
+//! no input message ([`Token::UNTRACKED`]) and are counted apart so that a
+//! transaction still waits for them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -28,9 +41,11 @@ use tokio_util::sync::CancellationToken;
 use super::offsets::{OffsetTracker, Token};
 use super::stage::shard_of;
 use super::stage::{MessageMeta, Planner};
-use crate::config::KafkaConfig;
+use super::transaction::{Transactions, TxnError};
+use crate::config::{Delivery, KafkaConfig};
 use crate::flow::{Acknowledge, Job, Outgoing};
 use crate::metrics::Metrics;
+use crate::window::IdleTimers;
 
 /// Errors of the Kafka ingest side.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +53,10 @@ pub enum IngestError {
     /// Creating the client or subscribing failed (fatal).
     #[error("kafka setup failed: {0}")]
     Setup(#[from] KafkaError),
+    /// An exactly-once transaction failed; the service stops so that its
+    /// restart rebuilds state from the committed offsets.
+    #[error(transparent)]
+    Transaction(#[from] TxnError),
 }
 
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,9 +70,76 @@ pub struct Shared {
     /// Per partition: offsets below this are replayed with output suppressed.
     replay_until: Mutex<HashMap<i32, i64>>,
     metrics: Metrics,
+    delivery: Delivery,
+    /// Outputs in flight that no input message owes ([`Token::UNTRACKED`]).
+    untracked: AtomicI64,
+    /// The transactions (exactly_once), for the revocation callback.
+    txn: OnceLock<Weak<Transactions>>,
+    /// The first transaction failure, raised by the consume loop.
+    failed: Mutex<Option<TxnError>>,
 }
 
 impl Shared {
+    /// Whether every output owed so far has been acknowledged.
+    fn drained(&self) -> bool {
+        self.tracker().in_flight() == 0 && self.untracked.load(Ordering::Acquire) <= 0
+    }
+
+    /// Block until [`Shared::drained`] or `deadline`.
+    fn wait_drained(&self, deadline: Instant) -> bool {
+        loop {
+            if self.drained() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn fail(&self, e: TxnError) {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn take_failure(&self) -> Option<TxnError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Commit the open transaction with the positions of every message read
+    /// so far, if every output they owe is acknowledged; abort it otherwise
+    /// (its outputs are discarded, and the next owner redoes them).
+    fn commit_drained(
+        &self,
+        txn: &Transactions,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<(), TxnError> {
+        if !self.drained() {
+            return txn.abort(&format!(
+                "outputs still in flight after {:?}",
+                txn.timeout()
+            ));
+        }
+        let positions = self.tracker().positions();
+        if positions.is_empty() {
+            return txn.commit(&self.topic, &[], None);
+        }
+        let Some(group) = group else {
+            return txn.abort("the consumer has no group metadata");
+        };
+        txn.commit(&self.topic, &positions, Some(&group))
+    }
+
     fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -117,11 +203,18 @@ impl ConsumerContext for IngestContext {
 impl IngestContext {
     fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let shared = &self.shared;
-        let committed = consumer.committed_offsets(tpl.clone(), BROKER_CALL_TIMEOUT);
+        let committed = self.committed(consumer, tpl);
         if let Err(e) = &committed {
             shared
                 .metrics
                 .error("kafka", &format!("reading committed offsets: {e}"));
+            if shared.delivery == Delivery::ExactlyOnce {
+                // Reading from the start would publish everything again.
+                shared.fail(TxnError::Fatal(format!(
+                    "reading the committed offsets of an assignment: {e}"
+                )));
+                return;
+            }
         }
         let mut assignment = TopicPartitionList::new();
         for elem in tpl.elements() {
@@ -163,11 +256,62 @@ impl IngestContext {
             .set(assignment.count() as i64);
     }
 
+    /// The committed offsets of `tpl`. In exactly_once mode a pending
+    /// transaction of a dead owner makes them unstable until the broker
+    /// aborts it (`kafka.transaction_timeout`): wait for that, up to twice
+    /// the timeout, rather than guess.
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + 2 * shared.transaction_timeout();
+        loop {
+            let result = consumer.committed_offsets(tpl.clone(), BROKER_CALL_TIMEOUT);
+            let unstable = match &result {
+                Ok(c) => c.elements().iter().any(|e| e.error().is_err()),
+                Err(_) => true,
+            };
+            if !unstable || shared.delivery != Delivery::ExactlyOnce {
+                return result;
+            }
+            if Instant::now() >= deadline {
+                // A partition without a stable offset would be read from the
+                // start: exactly_once must not guess.
+                return result.and_then(|c| {
+                    c.elements()
+                        .iter()
+                        .find_map(|e| e.error().err())
+                        .map_or(Ok(c.clone()), Err)
+                });
+            }
+            tracing::info!("committed offsets not stable yet (an open transaction); waiting");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let shared = &self.shared;
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => shared.metrics.error("commit", &e),
+        match shared.delivery {
+            Delivery::AtLeastOnce => match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => shared.metrics.error("commit", &e),
+            },
+            Delivery::ExactlyOnce => {
+                // Commit what was read from these partitions while they are
+                // still ours; the next owner starts right after it.
+                let txn = shared.txn.get().and_then(Weak::upgrade);
+                if let Some(txn) = txn.filter(|_| !shared.has_failed()) {
+                    let committed = tokio::task::block_in_place(|| {
+                        shared.wait_drained(Instant::now() + txn.timeout());
+                        shared.commit_drained(&txn, consumer.group_metadata())
+                    });
+                    if let Err(e) = committed {
+                        shared.fail(e);
+                    }
+                }
+            }
         }
         for elem in tpl.elements() {
             shared.tracker().revoke(elem.partition());
@@ -192,6 +336,15 @@ impl IngestContext {
 /// The consumer type used by attnwatch.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
+impl Shared {
+    fn transaction_timeout(&self) -> Duration {
+        self.txn
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(Duration::from_secs(30), |t| t.timeout())
+    }
+}
+
 /// librdkafka settings shared by consumer and producer.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -213,10 +366,23 @@ pub fn consumer(
         tracker: Mutex::new(OffsetTracker::new()),
         replay_until: Mutex::new(HashMap::new()),
         metrics,
+        delivery: cfg.delivery,
+        untracked: AtomicI64::new(0),
+        txn: OnceLock::new(),
+        failed: Mutex::new(None),
     });
+    let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
     let mut c = client_config(cfg);
     c.set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", (!exactly_once).to_string())
+        .set(
+            "isolation.level",
+            if exactly_once {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
         .set(
             "auto.commit.interval.ms",
             cfg.commit_interval.as_millis().to_string(),
@@ -244,7 +410,15 @@ impl OffsetStore {
         OffsetStore { consumer, shared }
     }
 
+    /// Hand the transactions to the revocation callback (exactly_once).
+    pub fn set_transactions(&self, txn: &Arc<Transactions>) {
+        let _ = self.shared.txn.set(Arc::downgrade(txn));
+    }
+
     fn store(&self, partition: i32, offset: i64) {
+        if self.shared.delivery == Delivery::ExactlyOnce {
+            return; // offsets go in the transaction
+        }
         let mut tpl = TopicPartitionList::new();
         let stored = tpl
             .add_partition_offset(&self.shared.topic, partition, Offset::Offset(offset))
@@ -264,7 +438,23 @@ impl OffsetStore {
 }
 
 impl Acknowledge for OffsetStore {
+    fn retry_undelivered(&self) -> bool {
+        if self.shared.delivery == Delivery::ExactlyOnce {
+            // librdkafka fails the open transaction with the message: stop
+            // now rather than when the commit times out.
+            self.shared.fail(TxnError::Aborted(
+                "an output could not be delivered within the transaction".into(),
+            ));
+            return false;
+        }
+        true
+    }
+
     fn ack(&self, token: Token) {
+        if token.untracked() {
+            self.shared.untracked.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         let advanced = self.shared.tracker().ack(token);
         if let Some(offset) = advanced {
             self.store(token.partition, offset);
@@ -280,8 +470,24 @@ pub struct Outputs {
     pub publish: mpsc::Sender<Outgoing>,
 }
 
+/// Timers and delivery of the consume loop.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// The transactions (exactly_once delivery), else `None`.
+    pub transactions: Option<Arc<Transactions>>,
+    /// How often a transaction is committed.
+    pub commit_interval: Duration,
+    /// The window stage's idle flush and stale timers.
+    pub timers: IdleTimers,
+}
+
+/// How often the idle timers are checked.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Consume until `shutdown` is cancelled. Returning drops the job senders,
-/// which lets the inference threads drain and stop.
+/// which lets the inference threads drain and stop. An error is a failed
+/// exactly-once transaction: the service must stop, and its restart
+/// rebuilds state from the committed offsets.
 pub async fn run(
     consumer: Arc<IngestConsumer>,
     store: Arc<OffsetStore>,
@@ -289,13 +495,46 @@ pub async fn run(
     outputs: Outputs,
     shutdown: CancellationToken,
     metrics: Metrics,
-) {
+    settings: LoopSettings,
+) -> Result<(), IngestError> {
     let shared = store.shared.clone();
     let mut backoff = Duration::from_millis(100);
+    let mut commit_tick = tokio::time::interval(settings.commit_interval);
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweeping = settings.timers != IdleTimers::default();
+    let txn = settings.transactions.clone();
     loop {
+        if let Some(e) = shared.take_failure() {
+            return Err(e.into());
+        }
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = consumer.recv() => msg,
+            _ = commit_tick.tick(), if txn.is_some() => {
+                if let Some(txn) = &txn {
+                    commit_now(&consumer, &shared, txn).await?;
+                }
+                continue;
+            }
+            _ = sweep_tick.tick(), if sweeping => {
+                let (jobs, stale) = planner.sweep(chrono::Utc::now().timestamp_millis(), settings.timers);
+                let owed = jobs.iter().filter(|j| j.publishes()).count() + stale.len();
+                shared.untracked.fetch_add(owed as i64, Ordering::AcqRel);
+                for event in stale {
+                    if outputs.publish.send(Outgoing::Stale(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                for job in jobs {
+                    let shard = shard_of(&job.series, outputs.jobs.len());
+                    if outputs.jobs[shard].send_async(job).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
         };
         let msg = match msg {
             Ok(m) => {
@@ -347,7 +586,7 @@ pub async fn run(
             for job in jobs {
                 let shard = shard_of(&job.series, outputs.jobs.len());
                 if outputs.jobs[shard].send_async(job).await.is_err() {
-                    return;
+                    return Ok(());
                 }
             }
             continue;
@@ -369,17 +608,68 @@ pub async fn run(
                 .await
                 .is_err()
             {
-                return;
+                return Ok(());
             }
         }
         for job in plan.jobs {
             let shard = shard_of(&job.series, outputs.jobs.len());
             if outputs.jobs[shard].send_async(job).await.is_err() {
-                return;
+                return Ok(());
             }
         }
     }
     tracing::info!("ingest stopped consuming");
+    match shared.take_failure() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Exactly-once commit from the consume loop: stop reading, wait for every
+/// output owed to be acknowledged, commit the positions in the transaction.
+async fn commit_now(
+    consumer: &IngestConsumer,
+    shared: &Shared,
+    txn: &Transactions,
+) -> Result<(), IngestError> {
+    let deadline = Instant::now() + txn.timeout();
+    while !shared.drained() && Instant::now() < deadline {
+        if let Some(e) = shared.take_failure() {
+            return Err(e.into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(e) = shared.take_failure() {
+        return Err(e.into());
+    }
+    let group = consumer.group_metadata();
+    tokio::task::block_in_place(|| shared.commit_drained(txn, group))?;
+    Ok(())
+}
+
+/// The final commit of a shutdown, after the pipeline has drained: stored
+/// offsets (at_least_once), or the open transaction (exactly_once; aborted
+/// instead when outputs are still in flight, a drain cut short by the
+/// grace period).
+pub fn finish(
+    consumer: &IngestConsumer,
+    store: &OffsetStore,
+    transactions: Option<&Transactions>,
+    metrics: &Metrics,
+) -> Result<(), TxnError> {
+    match transactions {
+        None => {
+            commit(consumer, metrics);
+            Ok(())
+        }
+        Some(txn) => {
+            let shared = &store.shared;
+            if let Some(e) = shared.take_failure() {
+                return Err(e);
+            }
+            shared.commit_drained(txn, consumer.group_metadata())
+        }
+    }
 }
 
 /// Commit the stored offsets now (shutdown).

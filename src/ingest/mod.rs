@@ -1,11 +1,15 @@
 //! Ingest stage: Kafka consumer, decoding, windowing of each sample, and
-//! the offset bookkeeping that makes delivery at-least-once.
+//! the offset bookkeeping behind the delivery guarantee (at-least-once, or
+//! exactly-once with transactions).
 //!
 //! [`decode`] and [`offsets`] are pure; [`kafka`] holds the consumer, its
-//! rebalance handling (window rebuild on assignment) and the offset store;
-//! [`stage`] turns one consumed message into model jobs and dead letters.
+//! rebalance handling (window rebuild on assignment), the offset store and
+//! the consume loop; [`transaction`] commits outputs and input offsets
+//! together in exactly_once mode; [`stage`] turns one consumed message into
+//! model jobs and dead letters.
 
 pub mod decode;
 pub mod kafka;
 pub mod offsets;
 pub mod stage;
+pub mod transaction;

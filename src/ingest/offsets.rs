@@ -117,6 +117,21 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
     }
+
+    /// Per partition with registered messages: the committable offset (the
+    /// first message with outputs in flight, or one past the last
+    /// registered message). Exactly-once commits use it once
+    /// [`OffsetTracker::in_flight`] is 0, when it is one past the last
+    /// registered message everywhere.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        let mut out: Vec<(i32, i64)> = self
+            .partitions
+            .iter()
+            .filter_map(|(id, p)| p.committable().map(|c| (*id, c)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +191,23 @@ mod tests {
         tr.register(t(0, 0, a), 1);
         assert_eq!(tr.register(t(1, 0, b), 0), Some(1));
         assert_eq!(tr.ack(t(0, 0, a)), Some(1));
+    }
+
+    #[test]
+    fn positions_are_one_past_the_last_message_once_drained() {
+        let mut tr = OffsetTracker::new();
+        let a = tr.assign(0);
+        let b = tr.assign(1);
+        let _unread = tr.assign(2);
+        tr.register(t(0, 4, a), 1);
+        tr.register(t(0, 5, a), 0);
+        tr.register(t(1, 9, b), 2);
+        assert_eq!(tr.positions(), vec![(0, 4), (1, 9)]);
+        tr.ack(t(0, 4, a));
+        tr.ack(t(1, 9, b));
+        tr.ack(t(1, 9, b));
+        assert_eq!(tr.in_flight(), 0);
+        assert_eq!(tr.positions(), vec![(0, 6), (1, 10)]);
     }
 
     #[test]

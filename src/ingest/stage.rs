@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::decode::{self, FeatureSet, Sample, Values};
-use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, Token};
+use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, StaleEvent, Token};
 use crate::metrics::Metrics;
-use crate::window::{Counters, Emitted, Settings, Windows};
+use crate::window::{Counters, Emitted, IdleTimers, Settings, Windows};
 
 /// Separator between series id and feature name in window keys.
 const FEATURE_SEP: char = '\u{1f}';
@@ -170,6 +170,54 @@ impl Planner {
         jobs
     }
 
+    /// Fire the idle timers at processing time `now_ms`: the jobs of the
+    /// buckets the idle flush closed (their outputs owed by no input
+    /// message: [`Token::UNTRACKED`]), and the series that went stale.
+    pub fn sweep(&mut self, now_ms: i64, timers: IdleTimers) -> (Vec<Job>, Vec<StaleEvent>) {
+        let swept = self.windows.sweep(now_ms, timers);
+        let mut jobs = Vec::new();
+        for (key, emitted) in swept.flushed {
+            let (series, feature) = match key.split_once(FEATURE_SEP) {
+                Some((series, feature)) => (Arc::from(series), Some(Arc::from(feature))),
+                None => (Arc::from(key.as_str()), None),
+            };
+            let key: Arc<str> = Arc::from(key);
+            for e in emitted.into_iter().filter(useful) {
+                let (ts, value) = (e.ts, e.value);
+                let single = feature.is_none();
+                let f = feature
+                    .clone()
+                    .unwrap_or_else(|| self.value_feature.clone());
+                jobs.push(Job {
+                    series: Arc::clone(&series),
+                    ts,
+                    value: single.then_some(value),
+                    labels: self.no_labels.clone(),
+                    features: vec![feature_job(f, key.clone(), e)],
+                    token: Token::UNTRACKED,
+                    source_ts_ms: None,
+                    mode: Mode::Publish,
+                });
+            }
+        }
+        // A series of several features goes stale once, at its newest time.
+        let mut stale: BTreeMap<&str, i64> = BTreeMap::new();
+        for (key, ts) in &swept.stale {
+            let series = key.split_once(FEATURE_SEP).map_or(key.as_str(), |(s, _)| s);
+            let e = stale.entry(series).or_insert(*ts);
+            *e = (*e).max(*ts);
+        }
+        let stale = stale
+            .into_iter()
+            .map(|(series, ts)| StaleEvent {
+                series: Arc::from(series),
+                ts,
+            })
+            .collect();
+        self.report();
+        (jobs, stale)
+    }
+
     /// Push a sample's value(s) into the window stage; one job per closed
     /// grid time (all features of one grid time together).
     fn place(
@@ -253,6 +301,9 @@ impl Planner {
         m.series_evicted
             .with_label_values(&["idle"])
             .inc_by(now.evicted_idle - last.evicted_idle);
+        m.buckets_flushed
+            .inc_by(now.flushed_idle - last.flushed_idle);
+        m.series_stale.inc_by(now.stale - last.stale);
         m.active_series.set(self.windows.series() as i64);
         self.reported = now;
     }

@@ -9,7 +9,7 @@
 //! context, as time ranges.
 
 use crate::config::{AttentionDetail, PublishConfig};
-use crate::flow::{DeadLetter, FeatureScore, ScoredPoint, Token};
+use crate::flow::{DeadLetter, FeatureScore, ScoredPoint, StaleEvent, Token};
 use crate::model::forecast::Explanation;
 
 use super::json;
@@ -57,6 +57,19 @@ pub fn score_message(point: &ScoredPoint, cfg: &PublishConfig) -> Result<OutMess
         token: Some(point.token),
         source_ts_ms: point.source_ts_ms,
     })
+}
+
+/// Append the record of a series gone silent to `out`:
+/// `{"series":"…","ts":…,"event":"stale"}`, where `ts` is its newest
+/// timestamp (epoch ms). It goes to the output topic, keyed by series, so a
+/// consumer of scores sees it in order with the series' points.
+pub fn stale_record(event: &StaleEvent, out: &mut Vec<u8>) {
+    out.push(b'{');
+    json::key(out, "series");
+    json::string(out, &event.series);
+    out.extend_from_slice(b",\"ts\":");
+    json::int(out, event.ts);
+    out.extend_from_slice(b",\"event\":\"stale\"}");
 }
 
 /// Append the JSON record of a scored point to `out` (the producer task
@@ -385,5 +398,22 @@ mod tests {
         assert_eq!(m.payload, b"{bad");
         assert_eq!(m.dest, Dest::DeadLetter);
         assert_eq!(m.headers[0], (REASON_HEADER, "invalid_json".to_string()));
+    }
+
+    #[test]
+    fn stale_event_is_series_ts_and_event() {
+        let mut out = Vec::new();
+        stale_record(
+            &StaleEvent {
+                series: std::sync::Arc::from("db \"7\""),
+                ts: 1_700_000_000_000,
+            },
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"series": "db \"7\"", "ts": 1_700_000_000_000i64, "event": "stale"})
+        );
     }
 }

@@ -111,8 +111,12 @@ impl ProducerContext for DeliveryContext {
                 }
             }
             Err((e, msg)) => {
-                // Still in flight: it goes out again after a backoff.
                 self.metrics.error("delivery", e);
+                if !self.acker.retry_undelivered() {
+                    self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                // Still in flight: it goes out again after a backoff.
                 let headers = owned_headers(msg.headers());
                 let retry = Retry {
                     key: msg.key().map(<[u8]>::to_vec),
@@ -315,6 +319,21 @@ async fn publish(
             send(producer, record).await;
         }
         Outgoing::Ack(token) => acker.ack(token),
+        Outgoing::Stale(event) => {
+            buf.clear();
+            encode::stale_record(&event, buf);
+            let pending = Box::new(Pending {
+                dest: Dest::Output,
+                token: Some(Token::UNTRACKED),
+                source_ts_ms: None,
+                attempt: 0,
+            });
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let record = BaseRecord::with_opaque_to(&settings.output_topic, pending)
+                .key(event.series.as_bytes())
+                .payload(buf.as_slice());
+            send(producer, record).await;
+        }
     }
 }
 
@@ -356,6 +375,10 @@ async fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8], 
                 // failed delivery is reported, so it is retried with backoff.
                 let context = producer.context();
                 context.metrics.error("delivery", &e);
+                if !context.acker.retry_undelivered() {
+                    context.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
                 let headers = owned_headers(r.headers.as_ref());
                 let retry = Retry {
                     key: r.key.map(<[u8]>::to_vec),

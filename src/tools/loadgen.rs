@@ -104,14 +104,19 @@ impl Rng {
     }
 }
 
-/// The ways a record is malformed, rotated through.
-const BAD_KINDS: [&str; 6] = [
+/// The ways a record is malformed, rotated through: one for each reason
+/// the decoder gives without a feature list (`unknown_feature` needs one).
+const BAD_KINDS: [&str; 10] = [
     "{not json",
     r#"{"series":"S","ts":"not a time","value":1}"#,
     r#"{"series":"S","ts":1700000000000}"#,
     r#"{"series":"S","ts":1700000000000,"value":"x"}"#,
     r#"{"ts":1700000000000,"value":1}"#,
-    r#"{"series":"S","ts":1700000000000,"value":1e999}"#,
+    r#"{"series":"S","ts":1700000000000,"value":1e300}"#,
+    "42",
+    r#"{"series":"S","value":1}"#,
+    r#"{"series":"S","ts":-5,"value":1}"#,
+    r#"{"series":"S","ts":1700000000000,"value":1,"extra":1}"#,
 ];
 
 /// One series' shape.
@@ -330,10 +335,17 @@ mod tests {
     #[test]
     fn every_bad_kind_is_rejected_by_the_decoder() {
         use crate::ingest::decode::{decode, FeatureSet};
+        let mut reasons = std::collections::BTreeSet::new();
         for bad in BAD_KINDS {
             let bad = bad.replace('S', "s1");
             let out = decode(bad.as_bytes(), &FeatureSet::default());
             assert!(out.iter().all(Result::is_err), "{bad} decoded");
+            for e in out.into_iter().filter_map(Result::err) {
+                reasons.insert(e.reason.code());
+            }
         }
+        // Every reason but unknown_feature, once each.
+        assert_eq!(reasons.len(), BAD_KINDS.len(), "{reasons:?}");
+        assert!(!reasons.contains("unknown_feature"));
     }
 }

@@ -39,6 +39,7 @@ use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 pub use series::Series;
+use series::{IDLE_FLUSHED, IDLE_STALE};
 
 /// Timestamp of a missing window position.
 pub const MISSING_TS: i64 = i64::MIN;
@@ -201,6 +202,30 @@ pub struct Counters {
     pub evicted_lru: u64,
     /// Series evicted after `idle_ttl` without points.
     pub evicted_idle: u64,
+    /// Series whose open buckets the idle flush closed.
+    pub flushed_idle: u64,
+    /// Series reported stale.
+    pub stale: u64,
+}
+
+/// Processing-time timers of [`Windows::sweep`] (ms; `None`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdleTimers {
+    /// Close the open buckets of a series silent this long, or one
+    /// interval if that is longer.
+    pub flush_after_ms: Option<i64>,
+    /// Report a series silent this long, or three intervals if that is
+    /// longer, once.
+    pub stale_after_ms: Option<i64>,
+}
+
+/// What [`Windows::sweep`] found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Swept {
+    /// Grid points closed by the idle flush, per series key.
+    pub flushed: Vec<(String, Vec<Emitted>)>,
+    /// Series keys that went stale, with their newest timestamp.
+    pub stale: Vec<(String, i64)>,
 }
 
 /// The window state of every series.
@@ -267,6 +292,7 @@ impl Windows {
         let s = &self.settings;
         if let Some(series) = self.series.get_mut(key) {
             series.last_seen_ms = now_ms;
+            series.idle = 0;
             series.push(ts, value, s, &mut self.counters, &mut out)?;
             return Ok(out);
         }
@@ -293,6 +319,59 @@ impl Windows {
             self.series.pop_lru();
             self.counters.evicted_idle += 1;
         }
+    }
+
+    /// Fire the processing-time idle timers at `now_ms`: close the open
+    /// buckets of series silent for `flush_after` (at least one interval),
+    /// and report series silent for `stale_after` (at least three
+    /// intervals). Each fires once per silence; the next point of the
+    /// series re-arms both. Series whose interval is not yet known are
+    /// warming up and are left alone by the flush. Cost: one step per
+    /// series silent longer than the shorter timer (series are kept in
+    /// recency order, so the scan stops at the first recent one).
+    pub fn sweep(&mut self, now_ms: i64, timers: IdleTimers) -> Swept {
+        let mut swept = Swept::default();
+        let Some(earliest) = [timers.flush_after_ms, timers.stale_after_ms]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return swept;
+        };
+        let Windows {
+            settings,
+            series,
+            counters,
+        } = self;
+        for (key, s) in series.iter_mut().rev() {
+            let silent = now_ms.saturating_sub(s.last_seen_ms);
+            if silent < earliest {
+                break; // every later series was seen more recently
+            }
+            let interval = s.interval();
+            if let (Some(after), Some(iv)) = (timers.flush_after_ms, interval) {
+                if s.idle & IDLE_FLUSHED == 0 && silent >= after.max(iv) {
+                    s.idle |= IDLE_FLUSHED;
+                    let mut out = Vec::new();
+                    s.flush(settings, counters, &mut out);
+                    if !out.is_empty() {
+                        counters.flushed_idle += 1;
+                        swept.flushed.push((key.clone(), out));
+                    }
+                }
+            }
+            if let Some(after) = timers.stale_after_ms {
+                let need = after.max(interval.map_or(0, |iv| iv.saturating_mul(3)));
+                if s.idle & IDLE_STALE == 0 && silent >= need {
+                    if let Some(ts) = s.newest_ts() {
+                        s.idle |= IDLE_STALE;
+                        counters.stale += 1;
+                        swept.stale.push((key.clone(), ts));
+                    }
+                }
+            }
+        }
+        swept
     }
 
     /// The grid interval of `key`, once known.

@@ -90,7 +90,15 @@ pub struct Series {
     stagger: u32,
     /// Processing time of the last push (for idle eviction).
     pub last_seen_ms: i64,
+    /// Idle timers that fired since the last push ([`IDLE_FLUSHED`],
+    /// [`IDLE_STALE`]); a push clears them.
+    pub idle: u8,
 }
+
+/// [`Series::idle`]: the open buckets were closed by the idle flush.
+pub const IDLE_FLUSHED: u8 = 1;
+/// [`Series::idle`]: the series was reported stale.
+pub const IDLE_STALE: u8 = 2;
 
 impl Series {
     /// A new series; `key` sets its run stagger.
@@ -107,7 +115,13 @@ impl Series {
             until_run: 0,
             stagger: stagger(key, s.stride),
             last_seen_ms: now_ms,
+            idle: 0,
         }
+    }
+
+    /// The newest timestamp seen.
+    pub fn newest_ts(&self) -> Option<i64> {
+        self.max_ts
     }
 
     /// The grid interval, once known.

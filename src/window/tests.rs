@@ -317,6 +317,63 @@ fn series_that_start_together_stagger_their_runs_and_steps_stay_within_the_strid
     let second: std::collections::HashSet<i64> = runs_at.iter().map(|r| r[1]).collect();
     assert!(second.len() > stride / 2, "runs are spread: {second:?}");
 }
+#[test]
+fn idle_flush_closes_the_open_bucket_once_and_a_new_point_rearms_it() {
+    let mut win = Windows::new(settings(2));
+    let timers = IdleTimers {
+        flush_after_ms: Some(5_000),
+        stale_after_ms: None,
+    };
+    win.push("a", 0, 1.0, 0).unwrap();
+    win.push("a", MIN, 2.0, 1_000).unwrap();
+    // Not silent long enough: the flush waits one interval at least.
+    assert_eq!(win.sweep(30_000, timers), Swept::default());
+    let swept = win.sweep(1_000 + MIN, timers);
+    assert_eq!(swept.flushed.len(), 1);
+    assert_eq!(swept.flushed[0].0, "a");
+    assert_eq!(swept.flushed[0].1[0].ts, MIN);
+    // Fires once per silence.
+    assert!(win.sweep(10 * MIN, timers).flushed.is_empty());
+    // The next point lands in the next bucket as usual, and re-arms it.
+    assert!(win.push("a", 2 * MIN, 3.0, 10 * MIN).unwrap().is_empty());
+    let again = win.sweep(12 * MIN, timers);
+    assert_eq!(again.flushed[0].1[0].ts, 2 * MIN);
+    assert_eq!(win.counters().flushed_idle, 2);
+}
+
+#[test]
+fn stale_fires_once_after_the_longer_of_stale_after_and_three_intervals() {
+    let mut win = Windows::new(settings(2));
+    let timers = IdleTimers {
+        flush_after_ms: None,
+        stale_after_ms: Some(10_000),
+    };
+    win.push("a", 0, 1.0, 0).unwrap();
+    win.push("a", MIN, 2.0, 0).unwrap();
+    win.push("b", 7 * MIN, 2.0, 2 * MIN).unwrap();
+    // 10 s is shorter than three 1-minute intervals.
+    assert!(win.sweep(2 * MIN, timers).stale.is_empty());
+    let swept = win.sweep(3 * MIN, timers);
+    assert_eq!(swept.stale, vec![("a".to_string(), MIN)]);
+    assert!(win.sweep(4 * MIN, timers).stale.is_empty());
+    // b was last seen at 2 min: stale three intervals later.
+    assert_eq!(win.sweep(5 * MIN - 1, timers).stale, vec![]);
+    assert_eq!(
+        win.sweep(5 * MIN, timers).stale,
+        vec![("b".to_string(), 7 * MIN)]
+    );
+    assert_eq!(win.counters().stale, 2);
+}
+
+#[test]
+fn no_timers_no_sweep() {
+    let mut win = Windows::new(settings(2));
+    win.push("a", 0, 1.0, 0).unwrap();
+    assert_eq!(
+        win.sweep(i64::MAX / 2, IdleTimers::default()),
+        Swept::default()
+    );
+}
 
 /// All emitted grid points of `key` after pushing `pts` in order and flushing.
 fn run(s: &Settings, pts: &[(i64, f32)]) -> Vec<Emitted> {
