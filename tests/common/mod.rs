@@ -129,6 +129,8 @@ pub struct Got {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: HashMap<String, String>,
+    /// The record's Kafka timestamp (create time: when the service produced it).
+    pub ts_ms: Option<i64>,
 }
 
 impl Got {
@@ -181,6 +183,7 @@ pub async fn read_until(
                     })
                     .unwrap_or_default();
                 into.push(Got {
+                    ts_ms: m.timestamp().to_millis(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers,

@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Delivery under faults, on the real broker: what each fault loses or repeats.
+
+Run by scripts/chaos, which starts the broker (scripts/kafka), builds attnwatch and
+provides the venv. Every server listens on 127.0.0.1; everything started is stopped.
+
+For each input (clean, and 1 record in 50 malformed) a reference run scores the
+input without faults. Then, for each scenario and delivery mode, a fresh set of
+topics is fed the same input at a steady rate (`attnwatch loadgen`, same seed and
+timestamps), attnwatch scores it, and the fault strikes a few seconds in:
+
+  sigkill       attnwatch SIGKILLed, restarted 1 s later (same transactional id)
+  sigterm       attnwatch SIGTERMed (graceful drain), restarted
+  broker_kill   the broker SIGKILLed and restarted on its data (scripts/kafka restart --kill)
+  rebalance     a second instance joins; once it owns partitions the first is SIGKILLed
+                and not restarted, so its partitions move and their state is rebuilt
+  broker_pause  the broker SIGSTOPped for 15 s, then SIGCONT
+  malformed     no fault; 1 record in 50 malformed in each way the decoder knows
+
+The output topic (created with LogAppendTime) is read from the start with
+isolation.level=read_committed. Per row: good points in, output records, distinct
+(series, ts), duplicates, lost (in the reference, not here), extra (here, not in the
+reference), dead letters, how many scores differ from the reference (|d| > 1e-6) and
+the largest difference, how often the harness restarted a service that stopped on its
+own (a failed exactly-once transaction stops it; the harness acts as the supervisor),
+and the time to recover, twice: the longest any one series went without a new output
+from the fault on, by the records' append times ("written": when the service wrote them)
+and by when the read_committed reader received them ("seen": what a downstream consumer
+experiences; a dead instance's open transaction holds back its partitions' later records
+until the broker aborts it). At 400 points/s over 20 series a series normally gets a point
+every 50 ms; in exactly_once mode outputs are seen at each commit (every second). Exit status 1 when a row loses points, or when an
+exactly_once row has duplicates (with --strict, also score differences).
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = ["sigkill", "sigterm", "broker_kill", "rebalance", "broker_pause", "malformed"]
+MODES = ["at_least_once", "exactly_once"]
+START_MS = 1_700_000_000_000
+
+
+def log(*a):
+    print("[chaos]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(addr, path):
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except OSError:
+        return None, ""
+
+
+def metric(addr, name):
+    _, text = http_get(addr, "/metrics")
+    total = None
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class Instance:
+    """One attnwatch process with its own config file and log."""
+
+    def __init__(self, binary, config_text, name, logdir):
+        self.binary, self.name = binary, name
+        self.http = f"127.0.0.1:{free_port()}"
+        self.config = os.path.join(logdir, f"{name}.toml")
+        with open(self.config, "w") as f:
+            f.write(config_text.replace("@HTTP@", self.http))
+        self.logpath = os.path.join(logdir, f"{name}.log")
+        self.proc = None
+        self.starts = 0
+        self.wanted = False  # the supervisor restarts a wanted instance that exited
+
+    def start(self):
+        self.wanted = True
+        self.starts += 1
+        logf = open(self.logpath, "a")
+        logf.write(f"--- start {self.starts} at {time.time():.3f}\n")
+        logf.flush()
+        env = dict(os.environ, RUST_LOG=os.environ.get("CHAOS_RUST_LOG", "info"))
+        self.proc = subprocess.Popen([self.binary, "run", "--config", self.config], cwd=ROOT, env=env,
+                                     stdout=logf, stderr=subprocess.STDOUT)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited (rc {self.proc.returncode}); log: {self.logpath}")
+            if http_get(self.http, "/readyz")[0] == 200:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {timeout}s; log: {self.logpath}")
+
+    def signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def take_down(self, sig):
+        """Stop it on purpose (not a failure the supervisor should undo) and wait."""
+        self.wanted = False
+        self.signal(sig)
+        self.proc.wait(90)
+
+    def stop(self, timeout=60):
+        self.wanted = False
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def config_text(a, run, mode, txn_id):
+    return f"""
+[kafka]
+brokers = "{a.bootstrap}"
+group_id = "{run}-group"
+input_topic = "{run}-in"
+output_topic = "{run}-out"
+dead_letter_topic = "{run}-dlq"
+delivery = "{mode}"
+transactional_id = "{txn_id}"
+commit_interval = "1s"
+rebuild_messages = 1000000
+
+[kafka.options]
+"session.timeout.ms" = {a.session_timeout_ms}
+"heartbeat.interval.ms" = 1000
+
+[model]
+path = "{os.path.join(ROOT, 'models', 'attnwatch-encoder.onnx')}"
+
+[server]
+listen = "@HTTP@"
+
+[shutdown]
+grace = "30s"
+"""
+
+
+def create_topics(a, run):
+    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    topics = [
+        NewTopic(f"{run}-in", a.partitions, 1),
+        NewTopic(f"{run}-out", a.partitions, 1, config={"message.timestamp.type": "LogAppendTime"}),
+        NewTopic(f"{run}-dlq", 1, 1, config={"message.timestamp.type": "LogAppendTime"}),
+    ]
+    for t, f in admin.create_topics(topics, operation_timeout=30).items():
+        f.result()
+
+
+def loadgen(a, run, bad_rate, paced):
+    cmd = [a.binary, "loadgen", "--brokers", a.bootstrap, "--topic", f"{run}-in",
+           "--series", str(a.series), "--points", str(a.points), "--partitions", str(a.partitions),
+           "--start-ms", str(START_MS), "--seed", "7", "--bad-rate", str(bad_rate)]
+    if paced:
+        cmd += ["--rate", str(a.rate)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+class Output:
+    """The output topic read from the start, read_committed, on a thread of its own from
+    before the fault on, so that each record's arrival time is when a reader could see it."""
+
+    def __init__(self, a, run):
+        self.c = Consumer({
+            "bootstrap.servers": a.bootstrap,
+            "group.id": f"{run}-reader-{random.getrandbits(32):08x}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        })
+        self.c.subscribe([f"{run}-out"])
+        self.records = []  # (series, ts, score, anomaly, append_ms, seen_ms)
+        self.stale = 0
+        self.last_new = time.monotonic()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            msgs = self.c.consume(1000, timeout=0.2)
+            seen = time.time() * 1000
+            with self.lock:
+                for m in msgs:
+                    if m.error():
+                        continue
+                    v = json.loads(m.value())
+                    if v.get("event") == "stale":
+                        self.stale += 1
+                        continue
+                    self.records.append((v["series"], v["ts"], v["score"], v["anomaly"], m.timestamp()[1], seen))
+                    self.last_new = time.monotonic()
+
+    def distinct(self):
+        with self.lock:
+            return len({(r[0], r[1]) for r in self.records})
+
+    def quiet_for(self):
+        with self.lock:
+            return time.monotonic() - self.last_new if self.records else 0.0
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(10)
+        self.c.close()
+
+
+def count_topic(a, topic):
+    """Committed records in `topic` (read_committed, from the start)."""
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"count-{random.getrandbits(32):08x}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    n, idle = 0, time.monotonic()
+    c.subscribe([topic])
+    while time.monotonic() - idle < 5:
+        msgs = c.consume(1000, timeout=0.5)
+        if msgs:
+            n += sum(1 for m in msgs if not m.error())
+            idle = time.monotonic()
+    c.close()
+    return n
+
+
+def collect(out, want, deadline, quiet=5.0):
+    """Wait for `want` distinct points and `quiet` seconds without new records, or the deadline."""
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if (want is None or out.distinct() >= want) and out.quiet_for() >= quiet:
+            return True
+    return False
+
+
+def reference(a, bad_rate):
+    run = f"chaos-ref-{random.getrandbits(32):08x}"
+    create_topics(a, run)
+    inst = Instance(a.binary, config_text(a, run, "at_least_once", f"{run}-a"), "reference", a.logdir)
+    inst.start()
+    inst.wait_ready()
+    out = Output(a, run)
+    gen = loadgen(a, run, bad_rate, paced=False)
+    gen.wait()
+    collect(out, None, time.monotonic() + 300, quiet=8.0)
+    inst.stop()
+    out.close()
+    ref = {}
+    for s, ts, score, anomaly, *_ in out.records:
+        ref[(s, ts)] = (score, anomaly)
+    log(f"reference (bad rate {bad_rate}): {len(ref)} distinct points scored from {a.series * a.points} in")
+    return ref
+
+
+class Supervisor:
+    """What compose's `restart: unless-stopped` does: restart a wanted instance that exited."""
+
+    def __init__(self, instances):
+        self.instances, self.restarts = instances, 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.wait(0.2):
+            for inst in self.instances:
+                if inst.wanted and inst.starts and not inst.alive():
+                    log(f"{inst.name} exited (rc {inst.proc.returncode}); restarting it")
+                    self.restarts += 1
+                    inst.start()
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def broker_pid(a):
+    with open(os.path.join(a.kafka_state, "kafka.pid")) as f:
+        return int(f.read().strip())
+
+
+def scenario(a, name, mode, ref):
+    run = f"chaos-{name.replace('_', '-')}-{mode.replace('_', '-')}-{random.getrandbits(32):08x}"
+    create_topics(a, run)
+    first = Instance(a.binary, config_text(a, run, mode, f"{run}-a"), f"{run}-a", a.logdir)
+    second = Instance(a.binary, config_text(a, run, mode, f"{run}-b"), f"{run}-b", a.logdir)
+    first.start()
+    first.wait_ready()
+    out = Output(a, run)
+    bad_rate = 0.02 if name == "malformed" else 0.0
+    gen = loadgen(a, run, bad_rate, paced=True)
+    t0 = time.monotonic()
+    time.sleep(a.fault_at)
+    fault_wall_ms = time.time() * 1000
+    supervisor = Supervisor([first, second])
+    if name == "sigkill":
+        first.take_down(signal.SIGKILL)
+        time.sleep(1)
+        first.start()
+    elif name == "sigterm":
+        first.take_down(signal.SIGTERM)
+        first.start()
+    elif name == "broker_kill":
+        subprocess.run([os.path.join(ROOT, "scripts", "kafka"), "restart", "--kill"], check=True,
+                       stdout=subprocess.DEVNULL)
+    elif name == "rebalance":
+        second.start()
+        second.wait_ready()
+        # The second instance has partitions once it is ready; then the first dies.
+        deadline = time.monotonic() + 60
+        while (metric(second.http, "attnwatch_assigned_partitions") or 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first.take_down(signal.SIGKILL)
+    elif name == "broker_pause":
+        pid = broker_pid(a)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(15)
+        os.kill(pid, signal.SIGCONT)
+    gen.communicate()
+    fed = time.monotonic() - t0
+    collect(out, len(ref), time.monotonic() + a.drain_timeout)
+    supervisor.close()
+    restarts = supervisor.restarts
+    for inst in (first, second):
+        inst.stop()
+    time.sleep(2)
+    out.close()
+    dead = count_topic(a, f"{run}-dlq")
+
+    keys = [(r[0], r[1]) for r in out.records]
+    distinct = set(keys)
+    lost = set(ref) - distinct
+    extra = distinct - set(ref)
+    diffs, flag_diffs, max_diff = 0, 0, 0.0
+    seen = {}
+    for s, ts, score, anomaly, *_ in out.records:
+        seen.setdefault((s, ts), (score, anomaly))
+    for k, (score, anomaly) in seen.items():
+        if k in ref:
+            d = abs(score - ref[k][0])
+            max_diff = max(max_diff, d)
+            diffs += d > 1e-6
+            flag_diffs += anomaly != ref[k][1]
+    # Time to recover: the longest any one series went without a new output
+    # (append time) from just before the fault on. A series is owned by one
+    # instance, so this sees a partition that moved even while the other
+    # partition's series keep flowing.
+    def longest_silence(col):
+        by_series = {}
+        for r in out.records:
+            if r[col] >= fault_wall_ms - 2000:
+                by_series.setdefault(r[0], []).append(r[col])
+        gaps = []
+        for times in by_series.values():
+            times.sort()
+            gaps += [b - a_ for a_, b in zip(times, times[1:])]
+        return max(gaps) / 1000 if gaps else float("nan")
+
+    recover = longest_silence(4)
+    recover_seen = longest_silence(5)
+    row = {
+        "scenario": name, "mode": mode, "points_in": a.series * a.points, "records_out": len(keys),
+        "distinct_out": len(distinct), "duplicates": len(keys) - len(distinct), "lost": len(lost),
+        "extra": len(extra), "dead_letters": dead, "scores_differing": diffs, "max_score_diff": max_diff,
+        "flags_differing": flag_diffs, "recover_s": recover, "recover_seen_s": recover_seen, "restarts": restarts, "fed_s": fed,
+        "stale_events": out.stale,
+    }
+    log(json.dumps(row))
+    return row
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def explosion(a, series, max_series):
+    """SERIES series x 2 points through Kafka into one instance with window.max_series = MAX_SERIES."""
+    run = f"chaos-explode-{random.getrandbits(32):08x}"
+    create_topics(a, run)
+    text = config_text(a, run, "at_least_once", f"{run}-a") + f"\n[window]\nmax_series = {max_series}\n"
+    inst = Instance(a.binary, text, run, a.logdir)
+    inst.start()
+    inst.wait_ready()
+    base = rss_kib(inst.proc.pid)
+    gen = loadgen_explode(a, run, series)
+    want = 2 * series
+    t0 = time.monotonic()
+    peak, last_print = base, 0.0
+    deadline = t0 + a.drain_timeout * 5
+    consumed = 0
+    while time.monotonic() < deadline:
+        peak = max(peak, rss_kib(inst.proc.pid))
+        consumed = metric(inst.http, "attnwatch_records_consumed_total") or 0
+        if consumed >= want:
+            break
+        if time.monotonic() - last_print > 10:
+            log(f"explosion: {consumed:,.0f} of {want:,} messages consumed, RSS {peak / 1024:.0f} MiB")
+            last_print = time.monotonic()
+        time.sleep(0.5)
+    gen.wait()
+    seconds = time.monotonic() - t0
+    hwm = rss_kib(inst.proc.pid, "VmHWM")
+    row = {
+        "series": series, "max_series": max_series, "messages": want, "consumed": consumed,
+        "seconds": seconds, "rss_idle_mib": base / 1024, "rss_peak_mib": max(peak, hwm) / 1024,
+        "active_series": metric(inst.http, "attnwatch_active_series"),
+        "evicted_lru": metric(inst.http, 'attnwatch_series_evicted_total{reason="lru"}'),
+    }
+    inst.stop()
+    log(json.dumps(row))
+    return row
+
+
+def loadgen_explode(a, run, series):
+    cmd = [a.binary, "loadgen", "--brokers", a.bootstrap, "--topic", f"{run}-in", "--series", str(series),
+           "--points", "2", "--partitions", str(a.partitions), "--start-ms", str(START_MS), "--seed", "3",
+           "--anomaly-rate", "0"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "attnwatch"))
+    p.add_argument("--kafka-state", default=os.environ.get("KAFKA_STATE", ""))
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--series", type=int, default=20)
+    p.add_argument("--points", type=int, default=600)
+    p.add_argument("--partitions", type=int, default=2)
+    p.add_argument("--rate", type=float, default=400.0, help="offered points per second")
+    p.add_argument("--fault-at", type=float, default=8.0, help="seconds into the stream")
+    p.add_argument("--drain-timeout", type=float, default=180.0)
+    p.add_argument("--session-timeout-ms", type=int, default=6000,
+                   help="consumer session timeout: short, so that a killed member's partitions move soon "
+                        "(librdkafka's default is 45000)")
+    p.add_argument("--strict", action="store_true", help="also fail on scores that differ from the reference")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--explosion", type=int, metavar="SERIES",
+                   help="instead of the scenarios: SERIES series x 2 points through Kafka, once with "
+                        "window.max_series above SERIES and once at a tenth of it; peak RSS and evictions")
+    a = p.parse_args()
+    a.logdir = tempfile.mkdtemp(prefix="attnwatch-chaos-")
+    log(f"logs in {a.logdir}")
+    if a.explosion:
+        rows = [explosion(a, a.explosion, a.explosion), explosion(a, a.explosion, max(a.explosion // 10, 1))]
+        print(f"\n| series x points | window.max_series | messages consumed | seconds | RSS ready (MiB) "
+              f"| peak RSS (MiB) | series held at the end | evicted (lru) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['series']:,} x 2 | {r['max_series']:,} | {r['consumed']:,.0f} | {r['seconds']:.0f} "
+                  f"| {r['rss_idle_mib']:.0f} | {r['rss_peak_mib']:.0f} | {r['active_series']:,.0f} "
+                  f"| {r['evicted_lru']:,.0f} |")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        sys.exit(0 if all(r["consumed"] >= r["messages"] for r in rows) else 1)
+    scenarios = [s for s in a.scenarios.split(",") if s]
+    modes = [m for m in a.modes.split(",") if m]
+    for s in scenarios:
+        if s not in SCENARIOS:
+            sys.exit(f"unknown scenario {s}; known: {', '.join(SCENARIOS)}")
+    for m in modes:
+        if m not in MODES:
+            sys.exit(f"unknown mode {m}; known: {', '.join(MODES)}")
+    refs = {}
+    rows = []
+    for name in scenarios:
+        bad = 0.02 if name == "malformed" else 0.0
+        if bad not in refs:
+            refs[bad] = reference(a, bad)
+        for mode in modes:
+            log(f"scenario {name}, {mode}")
+            rows.append(scenario(a, name, mode, refs[bad]))
+    print(f"\n{a.series} series x {a.points} points, {a.partitions} partitions, {a.rate:.0f} points/s offered, "
+          f"fault {a.fault_at:.0f} s in; output read with isolation.level=read_committed\n")
+    print("| scenario | delivery | points in | records out | distinct out | duplicates | lost | extra "
+          "| dead letters | scores ≠ reference (max Δ) | restarts | time to recover: written | time to recover: seen |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenario']} | {r['mode']} | {r['points_in']:,} | {r['records_out']:,} | {r['distinct_out']:,} "
+              f"| {r['duplicates']:,} | {r['lost']:,} | {r['extra']:,} | {r['dead_letters']:,} "
+              f"| {r['scores_differing']:,} ({r['max_score_diff']:.2g}) | {r['restarts']} | {r['recover_s']:.1f} s "
+              f"| {r['recover_seen_s']:.1f} s |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    failed = [r for r in rows if r["lost"] or r["extra"]
+              or (r["mode"] == "exactly_once" and r["duplicates"])
+              or (a.strict and r["scores_differing"])]
+    for r in failed:
+        log(f"FAILED: {r['scenario']} {r['mode']}: lost {r['lost']}, extra {r['extra']}, "
+            f"duplicates {r['duplicates']}, scores differing {r['scores_differing']}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KafkaException as e:
+        sys.exit(f"kafka: {e}")
