@@ -20,7 +20,7 @@
 //! transaction still waits for them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,9 @@ pub struct Shared {
     txn: OnceLock<Weak<Transactions>>,
     /// The first transaction failure, raised by the consume loop.
     failed: Mutex<Option<TxnError>>,
+    /// Set (for good) with the first failure: the consume loop checks it
+    /// per message without taking the lock.
+    failing: AtomicBool,
 }
 
 impl Shared {
@@ -100,20 +103,28 @@ impl Shared {
 
     fn fail(&self, e: TxnError) {
         let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        if f.is_none() {
+        if !self.failing.swap(true, Ordering::AcqRel) {
             *f = Some(e);
         }
     }
 
+    /// The failure to raise, once (the service stops on it).
     fn take_failure(&self) -> Option<TxnError> {
+        if !self.has_failed() {
+            return None;
+        }
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn has_failed(&self) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.failing.load(Ordering::Acquire)
+    }
+
+    fn transaction_timeout(&self) -> Duration {
+        self.txn
+            .get()
+            .and_then(Weak::upgrade)
+            .map_or(Duration::from_secs(30), |t| t.timeout())
     }
 
     /// Commit the open transaction with the positions of every message read
@@ -336,15 +347,6 @@ impl IngestContext {
 /// The consumer type used by attnwatch.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
-impl Shared {
-    fn transaction_timeout(&self) -> Duration {
-        self.txn
-            .get()
-            .and_then(Weak::upgrade)
-            .map_or(Duration::from_secs(30), |t| t.timeout())
-    }
-}
-
 /// librdkafka settings shared by consumer and producer.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -370,6 +372,7 @@ pub fn consumer(
         untracked: AtomicI64::new(0),
         txn: OnceLock::new(),
         failed: Mutex::new(None),
+        failing: AtomicBool::new(false),
     });
     let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
     let mut c = client_config(cfg);
