@@ -52,7 +52,7 @@ pub enum AppError {
     #[error("kafka producer: {0}")]
     Producer(rdkafka::error::KafkaError),
     /// The HTTP server could not bind.
-    #[error("http server on {addr}: {source}")]
+    #[error("http server on {addr}")]
     Http {
         /// Address.
         addr: SocketAddr,
@@ -414,4 +414,42 @@ pub fn transactional_id(config: &Config) -> String {
 /// Start the service and run it until `shutdown` is cancelled and drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     App::start(config, shutdown).await?.wait().await
+}
+
+/// `attnwatch run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file (see config/attnwatch.example.toml).
+    #[arg(short, long, default_value = "config/attnwatch.example.toml")]
+    config: std::path::PathBuf,
+}
+
+/// Run `attnwatch run`: load the config, run the service until SIGTERM or
+/// SIGINT (a second signal exits at once).
+pub fn exec(a: RunArgs) -> anyhow::Result<()> {
+    let c = Config::load(&a.config)?;
+    crate::cli::runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        run(c, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT: graceful drain. Second: exit at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: draining (send again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without drain");
+    std::process::exit(130);
 }

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod backtest;
+pub mod cli;
 pub mod config;
 pub mod eval;
 pub mod flow;

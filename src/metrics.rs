@@ -43,6 +43,8 @@ pub const POINTS_SCORED: &str = "attnwatch_points_scored_total";
 pub const MODEL_RUNS: &str = "attnwatch_model_runs_total";
 /// Points flagged anomalous.
 pub const ANOMALIES: &str = "attnwatch_anomalies_total";
+/// Alerts (incidents opened), by the channel that raised them.
+pub const ALERTS: &str = "attnwatch_alerts_total";
 /// Contexts per inference call.
 pub const INFERENCE_BATCH_SIZE: &str = "attnwatch_inference_batch_size";
 /// Duration of one inference call.
@@ -118,6 +120,8 @@ pub struct Metrics {
     pub model_runs: IntCounter,
     /// [`ANOMALIES`].
     pub anomalies: IntCounter,
+    /// [`ALERTS`], by `channel`.
+    pub alerts: IntCounterVec,
     /// [`INFERENCE_BATCH_SIZE`].
     pub batch_size: Histogram,
     /// [`INFERENCE_LATENCY`].
@@ -289,6 +293,11 @@ impl Metrics {
             )?,
             model_runs: counter(MODEL_RUNS, "Model runs (contexts forecast).")?,
             anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
+            alerts: counter_vec(
+                ALERTS,
+                "Alerts: anomalous points that opened an incident, by the strongest channel.",
+                "channel",
+            )?,
             batch_size: histogram(
                 INFERENCE_BATCH_SIZE,
                 "Contexts per inference call.",

@@ -15,8 +15,8 @@ use lru::LruCache;
 use serde::Serialize;
 
 use crate::config::UiConfig;
-use crate::flow::ScoredPoint;
-use crate::model::forecast::Explanation;
+use crate::flow::forecast::Explanation;
+use crate::flow::{Channels, Match, ScoredPoint};
 
 /// The store as the publish stage and the HTTP server share it.
 pub type SharedRecent = Arc<std::sync::Mutex<Recent>>;
@@ -51,8 +51,14 @@ pub struct Anomaly {
     pub feature: Arc<str>,
     /// The point.
     pub point: PointView,
-    /// Channel strengths (point, run, shift, novelty).
-    pub channels: [f64; 4],
+    /// Channel strengths.
+    pub channels: Channels,
+    /// Whether this point opened its incident.
+    pub alert: bool,
+    /// Its incident (the opening alert's timestamp).
+    pub incident: Option<i64>,
+    /// The nearest past pattern in the series' memory.
+    pub nearest: Option<Match>,
     /// The forecast's attention.
     pub explanation: Arc<Explanation>,
     /// The series' values up to and including the anomaly (oldest first).
@@ -129,13 +135,15 @@ impl Recent {
         ring.push_back(view);
         self.held.points += 1;
         if view.anomaly {
-            let c = &f.scored.channels;
             let anomaly = Anomaly {
                 id: self.next_id,
                 series: p.series.clone(),
                 feature: f.feature.clone(),
                 point: view,
-                channels: [c.point, c.run, c.shift, c.novelty],
+                channels: f.scored.channels,
+                alert: f.scored.alert,
+                incident: f.scored.incident,
+                nearest: f.scored.nearest,
                 explanation: f.explanation.clone(),
                 context_ts: ring.iter().map(|v| v.ts).collect(),
                 context_values: ring.iter().map(|v| v.value).collect(),
@@ -189,8 +197,8 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::forecast::Shape;
     use crate::flow::{FeatureScore, Token};
-    use crate::model::forecast::Shape;
     use crate::score::{Channels, Scored};
 
     fn point(series: &str, ts: i64, score: f64) -> ScoredPoint {
@@ -212,13 +220,14 @@ mod tests {
                     score,
                     threshold: 1.0,
                     anomaly: score > 1.0,
+                    alert: score > 1.0,
+                    incident: (score > 1.0).then_some(ts),
                     raw_score: score,
                     channels: Channels {
                         point: score,
-                        run: 0.0,
-                        shift: 0.0,
-                        novelty: 0.0,
+                        ..Channels::default()
                     },
+                    nearest: None,
                 },
                 expected: 0.0,
                 expected_std: 1.0,

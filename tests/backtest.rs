@@ -51,6 +51,17 @@ fn score_file(plot: Option<PathBuf>) -> (PathBuf, attnwatch::backtest::Summary) 
     (out, summary)
 }
 
+/// (alert, incident) by ts from the written output file.
+fn file_alerts(path: &std::path::Path) -> BTreeMap<i64, (bool, Option<i64>)> {
+    let df = backtest::files::read_table(path).unwrap();
+    let ts = df.column("ts").unwrap().i64().unwrap().clone();
+    let alert = df.column("alert").unwrap().bool().unwrap().clone();
+    let incident = df.column("incident").unwrap().i64().unwrap().clone();
+    (0..df.height())
+        .map(|i| (ts.get(i).unwrap(), (alert.get(i).unwrap(), incident.get(i))))
+        .collect()
+}
+
 /// (score, raw_score, value) by ts from the written output file.
 fn file_scores(path: &std::path::Path) -> BTreeMap<i64, (f64, f64, f64)> {
     let df = backtest::files::read_table(path).unwrap();
@@ -83,8 +94,20 @@ async fn kafka_and_file_paths_give_the_same_scores_on_a_nab_file() {
         .await
         .unwrap();
     let from_file = file_scores(&out);
+    let alerts_file = file_alerts(&out);
     assert_eq!(from_file.len(), summary.scored);
     std::fs::remove_file(&out).unwrap();
+    // speed_7578's dips below its range open incidents; an alert's incident
+    // is its own timestamp, and anomalous points after it carry it.
+    let opened: Vec<i64> = alerts_file
+        .iter()
+        .filter(|(_, (a, _))| *a)
+        .map(|(ts, _)| *ts)
+        .collect();
+    assert!(opened.len() >= 3, "{opened:?}");
+    for ts in &opened {
+        assert_eq!(alerts_file[ts].1, Some(*ts));
+    }
 
     let names = Names::new("equal");
     create_topics(&names, 1).await;
@@ -122,6 +145,10 @@ async fn kafka_and_file_paths_give_the_same_scores_on_a_nab_file() {
     for g in &got {
         let v = g.json();
         let ts = v["ts"].as_i64().unwrap();
+        // The same alerts and incidents on both paths.
+        let (alert, incident) = alerts_file[&ts];
+        assert_eq!(v["alert"].as_bool(), Some(alert), "alert at {ts}");
+        assert_eq!(v["incident"].as_i64(), incident, "incident at {ts}");
         let (score, raw, value) = from_file[&ts];
         for (a, b) in [
             (score, v["score"].as_f64().unwrap()),

@@ -101,14 +101,37 @@ async fn happy_path_every_point_scored_once_spike_is_top_attention_rows_are_dist
         let (start, end) = (newest[0].as_i64().unwrap(), newest[1].as_i64().unwrap());
         assert!(start <= end && end < *ts, "{start} {end} {ts}");
     }
-    assert_eq!(
-        best.1, points[spike].0,
-        "the spike must have the highest score"
-    );
+    // The spike is the first alert of the series: it scores above every
+    // point before it, is anomalous, and opens an incident named by its own
+    // timestamp. (Points after it may score higher still: the forecasts made
+    // from contexts that hold the spike are disturbed, and they join its
+    // incident or open later ones.)
+    let spike_ts = points[spike].0;
+    let s = &by_ts[&spike_ts];
+    let before = by_ts
+        .range(..spike_ts)
+        .map(|(_, v)| v["score"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
     assert!(
-        by_ts[&points[spike].0]["anomaly"].as_bool().unwrap(),
-        "the spike is flagged"
+        s["score"].as_f64().unwrap() > before,
+        "the spike {s} against {before} before it (best overall {best:?})"
     );
+    assert!(s["anomaly"].as_bool().unwrap(), "the spike is flagged: {s}");
+    assert!(s["alert"].as_bool().unwrap(), "the spike alerts: {s}");
+    assert_eq!(s["incident"].as_i64(), Some(spike_ts), "{s}");
+    let first_alert = by_ts
+        .iter()
+        .find(|(_, v)| v["alert"].as_bool().unwrap())
+        .map(|(ts, _)| *ts);
+    assert_eq!(first_alert, Some(spike_ts), "no alert before the spike");
+    // Every point carries `alert`; only anomalous points carry an incident.
+    for v in by_ts.values() {
+        assert_eq!(
+            v["incident"].is_i64(),
+            v["anomaly"].as_bool().unwrap(),
+            "{v}"
+        );
+    }
 
     // Metrics and readiness while running.
     let (status, ready) = http_get(app.http_addr(), "/readyz").await;

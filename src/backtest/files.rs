@@ -16,7 +16,7 @@ pub enum FileError {
     #[error("{0}: unsupported file type (use .csv or .parquet)")]
     Format(PathBuf),
     /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// polars failed (missing column, bad type, ...).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Polars {
         /// File.
         path: PathBuf,

@@ -7,6 +7,7 @@
 //! bucket of each series is flushed at the end of the file (live, it waits
 //! for the next interval's first point).
 
+pub mod cli;
 pub mod files;
 pub mod plot;
 
@@ -162,6 +163,20 @@ pub fn to_frame(scored: &[Scored]) -> Result<DataFrame, BacktestError> {
             scored
                 .iter()
                 .map(|s| s.record["anomaly"].as_bool())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "alert".into(),
+            scored
+                .iter()
+                .map(|s| s.record["alert"].as_bool())
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "incident".into(),
+            scored
+                .iter()
+                .map(|s| s.record["incident"].as_i64())
                 .collect::<Vec<_>>(),
         ),
         Column::new("raw_score".into(), f("raw_score")),

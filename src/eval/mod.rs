@@ -11,6 +11,8 @@
 //! own anomaly flag) figures, kept apart, for the corpus and per category.
 
 pub mod baseline;
+pub mod cli;
+pub mod explain;
 pub mod nab;
 pub mod report;
 
@@ -26,7 +28,7 @@ use crate::ingest::stage::{MessageMeta, Planner};
 use crate::metrics::Metrics;
 use crate::model::worker;
 use crate::model::{Forecaster, ModelError};
-use crate::score::Scorer;
+use crate::score::{Channels, Scorer};
 use crate::tools::replay::{self, ReplayError};
 pub use baseline::RollingZ;
 use nab::LabeledFile;
@@ -36,7 +38,7 @@ pub use report::{render, DetectorReport};
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File.
         path: PathBuf,
@@ -135,8 +137,34 @@ pub fn load_corpus(dir: &Path, only: &[String]) -> Result<Vec<NabFile>, EvalErro
 pub struct FileResult {
     /// Continuous score in [0, 1) per row (0 before the first scored point).
     pub unit: Vec<f64>,
-    /// The online anomaly flag per row.
+    /// The online alert per row: an anomalous point that opened an incident
+    /// (what would page someone; later anomalous points of the same
+    /// incident are not detections).
     pub flag: Vec<bool>,
+    /// The strongest channel per row (an index into `Channels::NAMES`),
+    /// where a point was scored.
+    pub channel: Vec<Option<u8>>,
+    /// Every scored grid point in time order: its row, its score in [0, 1)
+    /// and whether it was past the series' probation (could alert). The
+    /// oracle sweep replays the incident rule over these.
+    pub points: Vec<(usize, f64, bool)>,
+}
+
+impl FileResult {
+    /// The alerts per row if the threshold (in [0, 1) units) were `t`: the
+    /// service's incident rule (`quiet` points) over the scored points.
+    pub fn alerts_at(&self, t: f64, quiet: u32) -> Vec<bool> {
+        let mut out = vec![false; self.unit.len()];
+        let mut inc = crate::score::Incidents::default();
+        for &(row, u, eligible) in &self.points {
+            if inc.step(eligible && u >= t, 0, quiet).alert {
+                if let Some(o) = out.get_mut(row) {
+                    *o = true;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// How one detector runs: its forecaster and the service settings it
@@ -212,16 +240,30 @@ pub fn run_file(
     let mut result = FileResult {
         unit: vec![0.0; file.ts.len()],
         flag: vec![false; file.ts.len()],
+        channel: vec![None; file.ts.len()],
+        points: Vec::new(),
     };
+    let probation = detector.score.probation;
     for item in items {
         let Outgoing::Point(p) = item else { continue };
         let end = p.ts.saturating_add(interval);
         let last_row = file.ts.partition_point(|t| *t < end);
         let Some(driver) = p.driver() else { continue };
-        if last_row > 0 {
-            result.unit[last_row - 1] = driver.scored.unit();
-            result.flag[last_row - 1] = driver.scored.anomaly;
+        let Some(row) = last_row.checked_sub(1) else {
+            continue;
+        };
+        let s = &driver.scored;
+        let eligible = result.points.len() >= probation;
+        result.points.push((row, s.unit(), eligible));
+        let strongest = Channels::NAMES
+            .iter()
+            .position(|n| *n == s.channels.strongest())
+            .map(|i| i as u8);
+        if s.alert || !result.flag[row] {
+            result.channel[row] = strongest;
         }
+        result.unit[row] = result.unit[row].max(s.unit());
+        result.flag[row] |= s.alert;
     }
     Ok(result)
 }
@@ -243,31 +285,51 @@ pub struct Options {
     /// phase, with its runs staggered differently, and the figures are for
     /// all phases together).
     pub phases: usize,
+    /// Also write the diagnosis (`explain.md`, `explain.json` in each
+    /// main detector's result directory: the baselines and `attnwatch`).
+    pub explain: bool,
 }
 
-/// The calibration variants of the ablation: (suffix, config), each a
-/// subset of the calibration channels.
-pub fn ablations(base: &ScoreConfig) -> Vec<(&'static str, ScoreConfig)> {
-    use crate::config::Channel::{Novelty, Point, Run, Shift};
-    [
-        ("point", vec![Point]),
-        ("point_run", vec![Point, Run]),
-        ("point_shift", vec![Point, Shift]),
-        ("point_run_shift", vec![Point, Run, Shift]),
-        ("novelty", vec![Novelty]),
-        ("all", vec![Point, Run, Shift, Novelty]),
-    ]
-    .into_iter()
-    .map(|(suffix, channels)| {
-        (
-            suffix,
-            ScoreConfig {
-                channels,
-                ..base.clone()
-            },
-        )
-    })
-    .collect()
+/// The calibration variants of the ablation: (suffix, config). For each
+/// channel of the configured set: the set without it (what it adds) and
+/// the channel alone (what it catches by itself); then the forecast
+/// channels together (the model before the range and the memory).
+pub fn ablations(base: &ScoreConfig) -> Vec<(String, ScoreConfig)> {
+    use crate::config::Channel;
+    let with = |channels: Vec<Channel>| ScoreConfig {
+        channels,
+        ..base.clone()
+    };
+    let name = |c: Channel| format!("{c:?}").to_lowercase();
+    let mut out = Vec::new();
+    for &c in &base.channels {
+        let rest: Vec<Channel> = base.channels.iter().copied().filter(|x| *x != c).collect();
+        if !rest.is_empty() {
+            out.push((format!("without_{}", name(c)), with(rest)));
+        }
+        out.push((format!("only_{}", name(c)), with(vec![c])));
+    }
+    let forecast: Vec<Channel> = base
+        .channels
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, Channel::Range | Channel::Memory))
+        .collect();
+    if !forecast.is_empty() && forecast.len() < base.channels.len() {
+        out.push(("forecast_channels".to_string(), with(forecast)));
+    }
+    out
+}
+
+/// The yardstick's calibration: the service's settings with the channels
+/// a rolling z-score has (the forecast surprise's point, run and shift),
+/// so that it measures what the model and the other channels add.
+pub fn baseline_score(base: &ScoreConfig) -> ScoreConfig {
+    use crate::config::Channel::{Point, Run, Shift};
+    ScoreConfig {
+        channels: vec![Point, Run, Shift],
+        ..base.clone()
+    }
 }
 
 /// Evaluate the baseline(s) and the model on every file of `files`; write
@@ -286,7 +348,8 @@ pub fn run(
     let mut run_one = |name: String,
                        model: &mut dyn Forecaster,
                        stride: usize,
-                       score: ScoreConfig|
+                       score: ScoreConfig,
+                       explain: bool|
      -> Result<(), EvalError> {
         let mut d = Detector {
             name,
@@ -294,7 +357,16 @@ pub fn run(
             stride,
             score,
         };
-        let report = evaluate(files, window, &mut d, options.batch, options.phases, out)?;
+        let explain = explain && options.explain;
+        let report = evaluate(
+            files,
+            window,
+            &mut d,
+            options.batch,
+            options.phases,
+            explain,
+            out,
+        )?;
         reports.push(report);
         Ok(())
     };
@@ -302,12 +374,7 @@ pub fn run(
         // The yardstick scores from the 16th value, as it always has.
         let mut b = RollingZ::new(bw, 16);
         let name = format!("baseline_zscore_w{bw}");
-        run_one(name.clone(), &mut b, 1, score.clone())?;
-        if options.ablation {
-            for (suffix, cfg) in ablations(score) {
-                run_one(format!("{name}_{suffix}"), &mut b, 1, cfg)?;
-            }
-        }
+        run_one(name.clone(), &mut b, 1, baseline_score(score), true)?;
     }
     for (i, &stride) in options.strides.iter().enumerate() {
         let name = if i == 0 {
@@ -315,10 +382,10 @@ pub fn run(
         } else {
             format!("attnwatch_stride{stride}")
         };
-        run_one(name.clone(), &mut *model, stride, score.clone())?;
+        run_one(name.clone(), &mut *model, stride, score.clone(), i == 0)?;
         if options.ablation && i == 0 {
             for (suffix, cfg) in ablations(score) {
-                run_one(format!("{name}_{suffix}"), &mut *model, stride, cfg)?;
+                run_one(format!("{name}_{suffix}"), &mut *model, stride, cfg, false)?;
             }
         }
     }
@@ -337,13 +404,15 @@ pub fn run(
     Ok(reports)
 }
 
-/// Run one detector over every file and score it.
+/// Run one detector over every file and score it; with `explain`, also
+/// write its diagnosis.
 pub fn evaluate(
     files: &[NabFile],
     window: &WindowConfig,
     detector: &mut Detector<'_>,
     batch: usize,
     phases: usize,
+    explain: bool,
     out: &Path,
 ) -> Result<DetectorReport, EvalError> {
     let started = Instant::now();
@@ -366,12 +435,29 @@ pub fn evaluate(
     }
     // NAB result files: the first phase.
     write_results(&detector.name, files, &results[..files.len()], out)?;
+    if explain {
+        let e = explain::diagnose(
+            &detector.name,
+            files,
+            &results,
+            phases.max(1),
+            detector.score.threshold,
+        );
+        let dir = out.join(&detector.name);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let md = dir.join("explain.md");
+        std::fs::write(&md, explain::render(&e)).map_err(io(&md))?;
+        let js = dir.join("explain.json");
+        let json = serde_json::to_string_pretty(&e).unwrap_or_default();
+        std::fs::write(&js, json).map_err(io(&js))?;
+    }
     let c = detector.model.contract();
     let runs_per_point = 1.0 / detector.stride.max(1) as f64;
     Ok(report::score(
         &detector.name,
         &all_files,
         &results,
+        detector.score.incident_quiet,
         started.elapsed().as_secs_f64(),
         c.flops_per_run as f64 * runs_per_point,
     ))

@@ -314,11 +314,12 @@ impl Planner {
     }
 }
 
-/// Whether a grid value matters to the model stage: it is scored, or a
-/// run is due on it. (A warming-up series' values before its first run are
+/// Whether a grid value matters to the model stage: it is real (scored,
+/// or, before the series' first run, observed by the range and the pattern
+/// memory), or a run is due on it. (A filled gap value without a run is
 /// neither.)
 fn useful(e: &Emitted) -> bool {
-    e.step.is_some() || e.window.is_some()
+    !e.filled || e.window.is_some()
 }
 
 fn feature_job(feature: Arc<str>, key: Arc<str>, e: Emitted) -> FeatureJob {
@@ -329,6 +330,7 @@ fn feature_job(feature: Arc<str>, key: Arc<str>, e: Emitted) -> FeatureJob {
         step: e.step,
         filled: e.filled,
         run: e.window,
+        interval: e.interval,
     }
 }
 
@@ -403,7 +405,10 @@ mod tests {
         let mut p = Planner::new(settings(2), FeatureSet::default(), m.clone());
         assert!(p.replay(&msg("a", 0), meta(0), 0).is_empty());
         assert!(p.replay(b"{bad", meta(1), 0).is_empty());
-        assert!(p.replay(&msg("a", 1), meta(2), 0).is_empty());
+        // Bucket 0 closes: a real value before the first run, which the
+        // score stage only observes.
+        let jobs = p.replay(&msg("a", 1), meta(2), 0);
+        assert!(jobs.len() == 1 && !jobs[0].publishes() && jobs[0].features[0].step.is_none());
         // Bucket 1 completes the window: its run is rebuilt, not published.
         let jobs = p.replay(&msg("a", 2), meta(3), 0);
         assert_eq!(jobs.len(), 1);

@@ -1,6 +1,6 @@
-//! Model stage: the ONNX contract, the ONNX Runtime engine, the forecasts
-//! it leaves per series, and the inference threads that batch runs across
-//! series.
+//! Model stage: the ONNX contract, the ONNX Runtime engine, and the
+//! inference threads that batch runs across series (the forecasts they
+//! leave per series are vocabulary: [`crate::flow::forecast`]).
 //!
 //! Owns the sessions and, per inference thread, the score stage's
 //! per-series state. Does not read or write Kafka: it takes
@@ -10,7 +10,6 @@
 
 pub mod contract;
 pub mod engine;
-pub mod forecast;
 pub mod library;
 pub mod reload;
 pub mod worker;

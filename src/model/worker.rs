@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use hashbrown::HashSet;
 use tokio::sync::mpsc;
 
-use super::forecast::{Explanation, Forecast, Shape};
 use super::reload::Reload;
 use super::Forecaster;
+use crate::flow::forecast::{Explanation, Forecast, Shape};
 use crate::flow::{DeadLetter, FeatureScore, Job, Outgoing, ScoredPoint};
 use crate::metrics::Metrics;
-use crate::score::Scorer;
+use crate::score::{Scorer, Value};
 use crate::window::Window;
 
 /// Settings of one inference thread.
@@ -171,8 +171,16 @@ fn process_job(
     let mut features = Vec::with_capacity(job.features.len());
     let mut missing = 0usize;
     for f in &mut job.features {
-        if let Some(step) = f.step.filter(|_| !f.filled) {
-            match scorer.score(&f.key, f.value, step) {
+        let value = Value {
+            key: &f.key,
+            ts: job.ts,
+            value: f.value,
+            interval: f.interval,
+        };
+        if f.filled {
+            // A gap value carries a run only: neither scored nor learned.
+        } else if let Some(step) = f.step {
+            match scorer.score(value, step) {
                 Some(p) => {
                     stats.scored += 1;
                     features.push(FeatureScore {
@@ -186,6 +194,8 @@ fn process_job(
                 }
                 None => missing += 1,
             }
+        } else {
+            scorer.observe(value);
         }
         if let Some(context) = f.run.take() {
             pending.waiting.insert(f.key.clone());
@@ -371,6 +381,14 @@ pub fn run(
                 if p.anomaly() {
                     metrics.anomalies.inc();
                 }
+                if p.alert() {
+                    if let Some(d) = p.driver() {
+                        metrics
+                            .alerts
+                            .with_label_values(&[d.scored.channels.strongest()])
+                            .inc();
+                    }
+                }
             }
             if tx.blocking_send(item).is_err() {
                 return; // publisher gone: shutting down
@@ -475,6 +493,7 @@ mod tests {
                             interval: 1,
                             present: (i + 1).min(w),
                         }),
+                        interval: 1,
                     }],
                     token: token(),
                     source_ts_ms: None,

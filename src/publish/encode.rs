@@ -9,8 +9,8 @@
 //! context, as time ranges.
 
 use crate::config::{AttentionDetail, PublishConfig};
-use crate::flow::{DeadLetter, FeatureScore, ScoredPoint, StaleEvent, Token};
-use crate::model::forecast::Explanation;
+use crate::flow::forecast::Explanation;
+use crate::flow::{Channels, DeadLetter, FeatureScore, ScoredPoint, StaleEvent, Token};
 
 use super::json;
 
@@ -74,8 +74,9 @@ pub fn stale_record(event: &StaleEvent, out: &mut Vec<u8>) {
 
 /// Append the JSON record of a scored point to `out` (the producer task
 /// reuses one buffer for every record). Field order: series, ts,
-/// value/values, score, threshold, anomaly, raw_score, channels, expected,
-/// expected_std, model, labels, features, attention.
+/// value/values, score, threshold, anomaly, alert, incident (anomalous
+/// points only), raw_score, channels, nearest (anomalous points only),
+/// expected, expected_std, model, labels, features, attention.
 pub fn score_record(
     point: &ScoredPoint,
     cfg: &PublishConfig,
@@ -118,23 +119,38 @@ pub fn score_record(
     } else {
         b",\"anomaly\":false"
     });
+    out.extend_from_slice(if point.alert() {
+        b",\"alert\":true"
+    } else {
+        b",\"alert\":false"
+    });
+    if let Some(id) = point.incident() {
+        out.extend_from_slice(b",\"incident\":");
+        json::int(out, id);
+    }
     out.extend_from_slice(b",\"raw_score\":");
     json::f64(out, s.raw_score);
     let c = &s.channels;
-    for (i, (name, v)) in [
-        ("point", c.point),
-        ("run", c.run),
-        ("shift", c.shift),
-        ("novelty", c.novelty),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (name, v)) in Channels::NAMES.iter().zip(c.values()).enumerate() {
         out.extend_from_slice(if i == 0 { b",\"channels\":{" } else { b"," });
         json::key(out, name);
         json::f32(out, v as f32);
     }
-    out.extend_from_slice(b"},\"expected\":");
+    out.push(b'}');
+    if let Some(m) = s.nearest.as_ref().filter(|_| point.anomaly()) {
+        out.extend_from_slice(b",\"nearest\":{\"start_ts\":");
+        json::int(out, m.start_ts);
+        out.extend_from_slice(b",\"end_ts\":");
+        json::int(out, m.end_ts);
+        out.extend_from_slice(b",\"distance\":");
+        json::f32(out, m.distance);
+        out.extend_from_slice(if m.novel {
+            b",\"novel\":true}"
+        } else {
+            b",\"novel\":false}"
+        });
+    }
+    out.extend_from_slice(b",\"expected\":");
     json::f32(out, driver.expected);
     out.extend_from_slice(b",\"expected_std\":");
     json::f32(out, driver.expected_std);
@@ -266,7 +282,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::forecast::Shape;
+    use crate::flow::forecast::Shape;
     use crate::score::{Channels, Scored};
 
     fn explanation() -> Arc<Explanation> {
@@ -293,11 +309,14 @@ mod tests {
                 score,
                 threshold: 1.0,
                 anomaly,
+                alert: anomaly,
+                incident: anomaly.then_some(7),
                 raw_score: score * 4.0,
                 channels: Channels {
                     point: score,
                     ..Channels::default()
                 },
+                nearest: None,
             },
             expected: 1.0,
             expected_std: 0.5,

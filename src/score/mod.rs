@@ -1,24 +1,44 @@
-//! Score stage: each point against the forecast that covers it, then the
-//! series' own calibration.
+//! Score stage: each value of a series against the forecast that covers
+//! it, the range and the patterns the series has shown, then the series'
+//! own calibration, its alerts and its incidents.
 //!
-//! Pure: no I/O. The scorer keeps, per series key, the newest forecast (set
-//! by the model stage after each run) and the calibration state
-//! ([`calibration`] has the statistics). A point `step` values after its
-//! covering run is scored by its forecast surprise
-//! `z = (x - mean[step]) / std[step]`, which the calibration turns into a
-//! score that means the same on every series. State is bounded: at most
-//! `max_series` series, the least recently used dropped beyond that.
+//! Pure: no I/O. Per series key the scorer keeps:
+//! - the newest forecast (set by the model stage after each run) and the
+//!   forecast channels' calibration ([`calibration`]: point, run, shift,
+//!   the model's novelty);
+//! - the range ([`range`]): a value beyond what the series has shown;
+//! - the pattern memory ([`memory`]): the newest day-long (by default)
+//!   pattern against the series' past ones;
+//! - the alert state ([`incident`]).
+//!
+//! Every channel's strength is `-log10 p / -log10 risk` with `p` from its
+//! own tail on this series ([`tail`]), so one threshold serves every
+//! channel and every series; the score is the strongest channel. A value
+//! is anomalous above the threshold after `probation` scored values; the
+//! first anomalous value of a quiet series is an alert and opens an
+//! incident. Values that are not scored (before the series' first run)
+//! still teach the range and the memory ([`Scorer::observe`]). State is
+//! bounded: at most `max_series` series, the least recently used dropped
+//! beyond that.
 
 pub mod calibration;
+pub mod incident;
+pub mod memory;
+pub mod range;
+pub mod tail;
 
 use std::sync::Arc;
 
 use lru::LruCache;
 
-pub use calibration::{Calibration, Channels, Scored};
+pub use calibration::{Calibration, ForecastScore};
+pub use incident::Incidents;
+pub use memory::{Memory, MemoryScore, MemorySettings};
+pub use range::Range;
 
-use crate::config::ScoreConfig;
-use crate::model::forecast::{Explanation, Forecast};
+use crate::config::{Channel, ScoreConfig};
+use crate::flow::forecast::{Explanation, Forecast};
+pub use crate::flow::{Channels, Match, Scored};
 
 /// The scored result of one value of one series.
 #[derive(Debug, Clone)]
@@ -33,17 +53,71 @@ pub struct PointScore {
     pub explanation: Arc<Explanation>,
 }
 
-/// Forecast and calibration of one series.
+/// Forecast, calibration, range, memory and alert state of one series.
 #[derive(Debug, Clone, Default)]
 pub struct SeriesScore {
     forecast: Option<Forecast>,
     calibration: Calibration,
+    range: Range,
+    memory: Memory,
+    incidents: Incidents,
 }
 
 impl SeriesScore {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.forecast.as_ref().map_or(0, Forecast::heap_bytes) + self.calibration.heap_bytes()
+        self.forecast.as_ref().map_or(0, Forecast::heap_bytes)
+            + self.calibration.heap_bytes()
+            + self.memory.heap_bytes()
+    }
+
+    /// Teach the range and the memory one value; their strengths.
+    fn learn_value(&mut self, v: &Value<'_>, p: &Params<'_>) -> (f64, MemoryScore) {
+        let range = self.range.observe(v.value, p.warm, p.cfg.risk);
+        let memory = if p.memory_on {
+            let width = self.range.width();
+            self.memory
+                .observe(v.ts, v.value, v.interval, width, &p.memory)
+        } else {
+            MemoryScore::default()
+        };
+        (range, memory)
+    }
+}
+
+/// One grid value of one series, as the scorer sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Value<'a> {
+    /// Series key (series, or series and feature).
+    pub key: &'a Arc<str>,
+    /// Grid timestamp.
+    pub ts: i64,
+    /// The grid value.
+    pub value: f32,
+    /// The series' grid interval (ms).
+    pub interval: i64,
+}
+
+/// Settings derived once from the config.
+struct Params<'a> {
+    cfg: &'a ScoreConfig,
+    memory: MemorySettings<'a>,
+    memory_on: bool,
+    warm: u64,
+}
+
+fn params<'a>(cfg: &'a ScoreConfig, spans_ms: &'a [i64]) -> Params<'a> {
+    Params {
+        cfg,
+        memory: MemorySettings {
+            spans_ms,
+            query: cfg.memory_query,
+            points: cfg.memory_points,
+            risk: cfg.risk,
+            history: cfg.history,
+        },
+        memory_on: cfg.channels.contains(&Channel::Memory),
+        warm: cfg.probation as u64,
     }
 }
 
@@ -51,6 +125,7 @@ impl SeriesScore {
 #[derive(Debug)]
 pub struct Scorer {
     cfg: ScoreConfig,
+    spans_ms: Vec<i64>,
     max_series: usize,
     series: LruCache<Arc<str>, SeriesScore>,
     evicted: u64,
@@ -60,8 +135,14 @@ impl Scorer {
     /// A scorer with the given settings, holding at most `max_series`
     /// series (`window.max_series` in the service).
     pub fn new(cfg: ScoreConfig, max_series: usize) -> Self {
+        let spans_ms = cfg
+            .memory_spans
+            .iter()
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .collect();
         Scorer {
             cfg,
+            spans_ms,
             max_series: max_series.max(1),
             series: LruCache::unbounded(),
             evicted: 0,
@@ -73,27 +154,35 @@ impl Scorer {
         &self.cfg
     }
 
-    fn entry(&mut self, key: &Arc<str>) -> &mut SeriesScore {
-        if !self.series.contains(key) {
-            while self.series.len() >= self.max_series {
-                if self.series.pop_lru().is_none() {
+    /// The state of `key`, created (and the least recent series evicted
+    /// beyond `max_series`) when absent.
+    fn entry<'s>(
+        series: &'s mut LruCache<Arc<str>, SeriesScore>,
+        max_series: usize,
+        evicted: &mut u64,
+        key: &Arc<str>,
+    ) -> &'s mut SeriesScore {
+        if !series.contains(key) {
+            while series.len() >= max_series {
+                if series.pop_lru().is_none() {
                     break;
                 }
-                self.evicted += 1;
+                *evicted += 1;
             }
         }
-        self.series
-            .get_or_insert_mut(key.clone(), SeriesScore::default)
+        series.get_or_insert_mut(key.clone(), SeriesScore::default)
     }
 
     /// Replace the forecast of series `key` (after a model run).
     pub fn set_forecast(&mut self, key: &Arc<str>, forecast: Forecast) {
-        self.entry(key).forecast = Some(forecast);
+        Self::entry(&mut self.series, self.max_series, &mut self.evicted, key).forecast =
+            Some(forecast);
     }
 
-    /// Start every series' calibration afresh, keeping the forecasts (a
-    /// hot-reloaded model whose scores are not comparable with the old
-    /// one's). Returns the series reset.
+    /// Start every series' forecast calibration afresh, keeping the
+    /// forecasts, ranges, memories and incidents (a hot-reloaded model
+    /// whose scores are not comparable with the old one's; the range and
+    /// the memory do not depend on the model). Returns the series reset.
     pub fn reset_calibrations(&mut self) -> usize {
         for (_, s) in self.series.iter_mut() {
             s.calibration = Calibration::new();
@@ -109,21 +198,70 @@ impl Scorer {
         }
     }
 
-    /// Score `value` of series `key`, `step` values after its covering run.
-    /// `None` when the series has no forecast covering it (its state was
-    /// dropped for `max_series`, or the model has not run for it yet).
-    pub fn score(&mut self, key: &str, value: f32, step: u32) -> Option<PointScore> {
-        let cfg = &self.cfg;
-        let state = self.series.get_mut(key)?;
+    /// A value that is not scored (before the series' first run): it
+    /// teaches the range and the memory.
+    pub fn observe(&mut self, v: Value<'_>) {
+        let Scorer {
+            cfg,
+            spans_ms,
+            max_series,
+            series,
+            evicted,
+        } = self;
+        let p = params(cfg, spans_ms);
+        let state = Self::entry(series, *max_series, evicted, v.key);
+        state.learn_value(&v, &p);
+    }
+
+    /// Score value `v`, `step` values after its covering run. `None` when
+    /// the series has no forecast covering it (its state was dropped for
+    /// `max_series`, or its run failed); the value still teaches the range
+    /// and the memory.
+    pub fn score(&mut self, v: Value<'_>, step: u32) -> Option<PointScore> {
+        let covered = self
+            .series
+            .get(v.key)
+            .and_then(|s| s.forecast.as_ref())
+            .is_some_and(|f| f.at(step).is_some());
+        if !covered {
+            self.observe(v);
+            return None;
+        }
+        let p = params(&self.cfg, &self.spans_ms);
+        let state = self.series.peek_mut(v.key)?;
         let forecast = state.forecast.as_ref()?;
         let (mean, std) = forecast.at(step)?;
-        let z = (f64::from(value) - f64::from(mean)) / f64::from(std);
+        let z = (f64::from(v.value) - f64::from(mean)) / f64::from(std);
         let explanation = forecast.explanation.clone();
         // A run's novelty is news once: on the first value after it.
         let novelty: &[f32] = if step == 1 { &forecast.novelty } else { &[] };
-        let scored = state.calibration.score(z, novelty, cfg);
+        let cfg = p.cfg;
+        let eligible = state.calibration.seen() >= cfg.probation as u64;
+        let f = state.calibration.score(z, novelty, cfg);
+        let (range, memory) = state.learn_value(&v, &p);
+        let on = |c: Channel| cfg.channels.contains(&c);
+        let channels = Channels {
+            point: f.point,
+            run: f.run,
+            shift: f.shift,
+            novelty: f.novelty,
+            range: if on(Channel::Range) { range } else { 0.0 },
+            memory: memory.strength,
+        };
+        let score = channels.max();
+        let anomaly = eligible && score > cfg.threshold;
+        let step = state.incidents.step(anomaly, v.ts, cfg.incident_quiet);
         Some(PointScore {
-            scored,
+            scored: Scored {
+                score,
+                threshold: cfg.threshold,
+                anomaly,
+                alert: step.alert,
+                incident: step.incident,
+                raw_score: f.raw_score,
+                channels,
+                nearest: memory.nearest,
+            },
             expected: mean,
             expected_std: std,
             explanation,
@@ -158,7 +296,7 @@ impl Scorer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::forecast::Shape;
+    use crate::flow::forecast::Shape;
 
     fn forecast(mean: f32, std: f32) -> Forecast {
         let shape = Shape {
@@ -175,16 +313,36 @@ mod tests {
         }
     }
 
+    fn value(key: &Arc<str>, ts: i64, x: f32) -> Value<'_> {
+        Value {
+            key,
+            ts,
+            value: x,
+            interval: 1,
+        }
+    }
+
+    /// A deterministic value in [-1, 1).
+    fn noise(i: i64) -> f32 {
+        let x = (i as u64)
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
     #[test]
     fn points_are_scored_against_their_forecast_step() {
         let mut s = Scorer::new(ScoreConfig::default(), 10);
         let key: Arc<str> = "a".into();
-        assert!(s.score("a", 1.0, 1).is_none(), "no forecast yet");
+        assert!(s.score(value(&key, 0, 1.0), 1).is_none(), "no forecast yet");
         s.set_forecast(&key, forecast(10.0, 2.0));
-        let p = s.score("a", 16.0, 2).unwrap();
+        let p = s.score(value(&key, 1, 16.0), 2).unwrap();
         assert_eq!((p.expected, p.expected_std), (10.0, 2.0));
         assert!((p.scored.raw_score - 3.0).abs() < 1e-12);
-        assert!(s.score("a", 16.0, 4).is_none(), "beyond the horizon");
+        assert!(
+            s.score(value(&key, 2, 16.0), 4).is_none(),
+            "beyond the horizon"
+        );
     }
 
     #[test]
@@ -196,7 +354,112 @@ mod tests {
         }
         assert_eq!(s.len(), 2);
         assert_eq!(s.take_evicted(), 1);
-        assert!(s.score("b", 0.0, 1).is_none(), "b was least recently used");
-        assert!(s.score("a", 0.0, 1).is_some());
+        let (a, c): (Arc<str>, Arc<str>) = ("a".into(), "c".into());
+        assert!(s.score(value(&c, 0, 0.0), 1).is_some());
+        assert!(s.score(value(&a, 0, 0.0), 1).is_some());
+        // b was least recently used: its forecast is gone, and its next
+        // value starts it over (evicting c, now the least recent).
+        let b: Arc<str> = "b".into();
+        assert!(s.score(value(&b, 0, 0.0), 1).is_none());
+        assert_eq!(s.take_evicted(), 1);
+        assert!(s.score(value(&c, 1, 0.0), 1).is_none());
+    }
+
+    /// Score `n` noisy values against a perfect forecast; the scored
+    /// results.
+    fn run(s: &mut Scorer, key: &Arc<str>, from: i64, xs: &[f32]) -> Vec<Scored> {
+        xs.iter()
+            .enumerate()
+            .filter_map(|(i, &x)| {
+                s.set_forecast(key, forecast(0.0, 1.0));
+                s.score(value(key, from + i as i64, x), 1).map(|p| p.scored)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn probation_holds_then_a_break_of_the_range_alerts_and_opens_an_incident() {
+        let cfg = ScoreConfig {
+            probation: 50,
+            ..ScoreConfig::default()
+        };
+        let mut s = Scorer::new(cfg, 10);
+        let key: Arc<str> = "a".into();
+        // A huge value during probation: scored, never anomalous.
+        let early = run(&mut s, &key, 0, &[40.0]);
+        assert!(early[0].score > 1.0 && !early[0].anomaly && !early[0].alert);
+        let calm: Vec<f32> = (1..600).map(noise).collect();
+        let out = run(&mut s, &key, 1, &calm);
+        assert!(out.iter().all(|p| !p.alert), "calm values inside the range");
+        // Far beyond the range: the range channel alerts, an incident opens.
+        let out = run(&mut s, &key, 600, &[500.0, 0.0, 900.0]);
+        assert!(out[0].anomaly && out[0].alert, "{:?}", out[0]);
+        assert!(out[0].channels.range > 1.0, "{:?}", out[0].channels);
+        assert_eq!(out[0].incident, Some(600));
+        // The next anomalous point joins it instead of alerting again.
+        assert!(out[2].anomaly && !out[2].alert, "{:?}", out[2]);
+        assert_eq!(out[2].incident, Some(600));
+        assert_eq!(out[1].incident, None);
+    }
+
+    #[test]
+    fn an_incident_closes_after_incident_quiet_points() {
+        let cfg = ScoreConfig {
+            probation: 10,
+            incident_quiet: 5,
+            channels: vec![Channel::Range],
+            ..ScoreConfig::default()
+        };
+        let mut s = Scorer::new(cfg, 10);
+        let key: Arc<str> = "a".into();
+        let calm: Vec<f32> = (0..300).map(noise).collect();
+        run(&mut s, &key, 0, &calm);
+        let mut xs = vec![10.0];
+        xs.extend((0..5).map(|i| noise(400 + i)));
+        xs.push(100.0);
+        let out = run(&mut s, &key, 300, &xs);
+        assert!(out[0].alert && out[6].alert, "quiet for 5: a new incident");
+        assert_eq!(out[6].incident, Some(306));
+    }
+
+    #[test]
+    fn unscored_values_teach_the_range() {
+        let cfg = ScoreConfig {
+            probation: 10,
+            ..ScoreConfig::default()
+        };
+        let mut s = Scorer::new(cfg, 10);
+        let key: Arc<str> = "a".into();
+        // 200 values before the first run, reaching 100.
+        for i in 0..200 {
+            s.observe(value(&key, i, if i == 7 { 100.0 } else { noise(i) }));
+        }
+        let out = run(&mut s, &key, 200, &[90.0]);
+        assert_eq!(out[0].channels.range, 0.0, "inside the range it learned");
+    }
+
+    #[test]
+    fn the_memory_channel_is_wired_and_names_a_match() {
+        let cfg = ScoreConfig {
+            probation: 10,
+            memory_spans: vec![std::time::Duration::from_millis(16)],
+            ..ScoreConfig::default()
+        };
+        let mut s = Scorer::new(cfg, 10);
+        let key: Arc<str> = "a".into();
+        // A period-4 pattern: blocks of one value, queries of 16.
+        let xs: Vec<f32> = (0..400).map(|i| [0.0, 1.0, 4.0, 1.0][i % 4]).collect();
+        let out = run(&mut s, &key, 0, &xs);
+        let last = out.last().unwrap();
+        let m = last.nearest.expect("a match");
+        assert!(!m.novel && m.distance < 1e-6, "{m:?}");
+        assert_eq!((m.end_ts + 1 - m.start_ts), 16);
+        // A value that breaks the pattern: no past pattern is like it.
+        let out = run(&mut s, &key, 400, &[4.0; 16]);
+        assert!(
+            out.iter().any(|p| p.channels.memory > 1.0),
+            "{:?}",
+            out.last()
+        );
     }
 }

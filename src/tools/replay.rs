@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// File.
         path: PathBuf,
@@ -271,4 +271,87 @@ mod tests {
             .contains(":2:"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// `attnwatch replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// CSV file with a header row, or Parquet.
+    #[arg(long)]
+    input: PathBuf,
+    /// Target topic.
+    #[arg(long)]
+    topic: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    brokers: String,
+    /// Series id to send (default: the file name without extension).
+    #[arg(long, conflicts_with = "series_column")]
+    series: Option<String>,
+    /// Series id column, for files with several series.
+    #[arg(long)]
+    series_column: Option<String>,
+    /// Timestamp column.
+    #[arg(long, default_value = "timestamp")]
+    ts_column: String,
+    /// Value column.
+    #[arg(long, default_value = "value")]
+    value_column: String,
+    /// Replay speed relative to the file's timestamps.
+    #[arg(long, conflicts_with = "as_fast_as_possible")]
+    speed: Option<f64>,
+    /// Send without pacing (the default when --speed is not given).
+    #[arg(long)]
+    as_fast_as_possible: bool,
+    /// Repeat the file forever, shifting timestamps forward each pass.
+    #[arg(long = "loop", conflicts_with = "passes")]
+    forever: bool,
+    /// Number of passes over the file (timestamps shifted each pass).
+    #[arg(long, default_value_t = 1)]
+    passes: u64,
+    /// File touched after each sent batch (for healthchecks).
+    #[arg(long)]
+    progress_file: Option<PathBuf>,
+}
+
+/// Run `attnwatch replay`.
+pub fn exec(a: ReplayArgs) -> anyhow::Result<()> {
+    let input = a.input;
+    let default_series = a.series.unwrap_or_else(|| {
+        input
+            .file_stem()
+            .map_or_else(|| "series".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let columns = crate::backtest::Columns {
+        series: a.series_column,
+        ts: a.ts_column,
+        value: a.value_column,
+    };
+    let data = crate::backtest::files::read_series(&input, &columns, &default_series)?;
+    let pace = a.speed.map_or(Pace::AsFastAsPossible, Pace::Speed);
+    let opts = ReplayOptions {
+        passes: if a.forever { 0 } else { a.passes },
+        progress_file: a.progress_file,
+    };
+    let rt = crate::cli::runtime()?;
+    for s in &data {
+        let rows: Vec<Row> =
+            s.ts.iter()
+                .zip(&s.values)
+                .map(|(ts, value)| Row {
+                    ts: *ts,
+                    value: *value,
+                })
+                .collect();
+        let n = rt.block_on(replay_with(
+            &a.brokers, &a.topic, &s.series, &rows, pace, &opts,
+        ))?;
+        eprintln!(
+            "replayed {n} rows of {} as series {:?} into {}",
+            input.display(),
+            s.series,
+            a.topic
+        );
+    }
+    Ok(())
 }

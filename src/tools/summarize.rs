@@ -145,3 +145,41 @@ mod tests {
         );
     }
 }
+
+/// `attnwatch summarize`.
+#[derive(Debug, clap::Args)]
+pub struct SummarizeArgs {
+    /// Output topic.
+    #[arg(long)]
+    topic: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    brokers: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    expect: usize,
+    /// Stop after this long at most.
+    #[arg(long, default_value = "120s", value_parser = crate::cli::humantime_duration)]
+    timeout: Duration,
+    /// How many top-scoring points to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+}
+
+/// Run `attnwatch summarize`.
+pub fn exec(a: SummarizeArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let records = crate::cli::runtime()?
+        .block_on(collect(&a.brokers, &a.topic, a.expect, a.timeout))
+        .context("reading the output topic")?;
+    print!("{}", render(&records, a.top));
+    if records.len() < a.expect {
+        anyhow::bail!(
+            "only {} of {} records arrived within {:?}",
+            records.len(),
+            a.expect,
+            a.timeout
+        );
+    }
+    Ok(())
+}

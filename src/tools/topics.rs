@@ -39,3 +39,27 @@ pub async fn create(
     }
     Ok(out)
 }
+
+/// `attnwatch create-topics`.
+#[derive(Debug, clap::Args)]
+pub struct CreateTopicsArgs {
+    /// TOML config file.
+    #[arg(short, long, default_value = "config/attnwatch.example.toml")]
+    config: std::path::PathBuf,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Replication factor.
+    #[arg(long, default_value_t = 1)]
+    replication: i32,
+}
+
+/// Run `attnwatch create-topics`.
+pub fn exec(a: CreateTopicsArgs) -> anyhow::Result<()> {
+    let c = crate::config::Config::load(&a.config)?;
+    let created = crate::cli::runtime()?.block_on(create(&c.kafka, a.partitions, a.replication))?;
+    for (topic, new) in created {
+        eprintln!("{topic}: {}", if new { "created" } else { "exists" });
+    }
+    Ok(())
+}

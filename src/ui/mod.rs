@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::flow::Channels;
 use crate::recent::{Anomaly, PointView, SharedRecent};
 
 const INDEX: &str = include_str!("index.html");
@@ -62,14 +63,13 @@ struct AnomalySummary<'a> {
     threshold: f64,
     /// The channel that drove the score.
     channel: &'static str,
+    /// Whether this point opened its incident.
+    alert: bool,
+    /// Its incident (the opening alert's timestamp).
+    incident: Option<i64>,
 }
 
-const CHANNELS: [&str; 4] = ["point", "run", "shift", "novelty"];
-
 fn summary(a: &Anomaly) -> AnomalySummary<'_> {
-    let top = (0..4)
-        .max_by(|&i, &j| a.channels[i].total_cmp(&a.channels[j]))
-        .unwrap_or(0);
     AnomalySummary {
         id: a.id,
         series: &a.series,
@@ -79,7 +79,9 @@ fn summary(a: &Anomaly) -> AnomalySummary<'_> {
         expected: a.point.expected,
         score: a.point.score,
         threshold: a.point.threshold,
-        channel: CHANNELS[top],
+        channel: a.channels.strongest(),
+        alert: a.alert,
+        incident: a.incident,
     }
 }
 
@@ -109,6 +111,18 @@ struct Token {
     weights: Vec<f32>,
 }
 
+/// The nearest past pattern.
+#[derive(Debug, Serialize)]
+struct Nearest {
+    start_ts: i64,
+    end_ts: i64,
+    distance: f32,
+    span_ms: i64,
+    /// The current pattern is new: nothing in the memory is as close as
+    /// the series' patterns usually are.
+    novel: bool,
+}
+
 /// A top-attended range.
 #[derive(Debug, Serialize)]
 struct Attended {
@@ -122,8 +136,11 @@ struct AnomalyDetail<'a> {
     #[serde(flatten)]
     summary: AnomalySummary<'a>,
     expected_std: f32,
-    channels: [f64; 4],
-    channel_names: [&'static str; 4],
+    channels: [f64; 6],
+    channel_names: [&'static str; 6],
+    /// The nearest past pattern in the series' memory (none before its
+    /// first memory query).
+    nearest: Option<Nearest>,
     /// The context's last grid timestamp, and its length and grid interval.
     context_end_ts: i64,
     context_points: usize,
@@ -171,8 +188,15 @@ async fn anomaly(State(recent): State<SharedRecent>, Path(id): Path<u64>) -> Res
     Json(AnomalyDetail {
         summary: summary(a),
         expected_std: a.point.expected_std,
-        channels: a.channels,
-        channel_names: CHANNELS,
+        channels: a.channels.values(),
+        channel_names: Channels::NAMES,
+        nearest: a.nearest.map(|m| Nearest {
+            start_ts: m.start_ts,
+            end_ts: m.end_ts,
+            distance: m.distance,
+            span_ms: m.span_ms,
+            novel: m.novel,
+        }),
         context_end_ts: e.end_ts,
         context_points: e.context,
         interval_ms: e.interval,

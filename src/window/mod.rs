@@ -183,6 +183,8 @@ pub struct Emitted {
     pub filled: bool,
     /// The window ending here, when a model run is due on this value.
     pub window: Option<Window>,
+    /// The series' grid interval (ms).
+    pub interval: i64,
 }
 
 /// Cumulative counts of what the stage did.

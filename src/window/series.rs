@@ -306,6 +306,7 @@ impl Series {
             value,
             step,
             filled,
+            interval,
             window: due.then(|| Window {
                 values: self.ring.padded(),
                 end_ts: ts,

@@ -12,8 +12,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::forecast::Explanation;
-use crate::score::Scored;
+pub mod forecast;
+pub mod scored;
+
+pub use forecast::{Explanation, Forecast};
+pub use scored::{Channels, Match, Scored};
+
 use crate::window::Window;
 
 /// Identifies the input message an output belongs to.
@@ -96,12 +100,15 @@ pub struct FeatureJob {
     pub key: Arc<str>,
     /// The grid value.
     pub value: f32,
-    /// Forecast step it is scored at; `None` before the series' first run.
+    /// Forecast step it is scored at; `None` before the series' first run
+    /// (the value then only teaches the score stage's range and memory).
     pub step: Option<u32>,
     /// A gap-filled value: never scored, present only to carry `run`.
     pub filled: bool,
     /// The context of a model run due on this value (run after scoring it).
     pub run: Option<Window>,
+    /// The series' grid interval (ms).
+    pub interval: i64,
 }
 
 impl FeatureJob {
@@ -161,6 +168,20 @@ impl ScoredPoint {
     /// Whether any feature is anomalous.
     pub fn anomaly(&self) -> bool {
         self.features.iter().any(|f| f.scored.anomaly)
+    }
+
+    /// Whether any feature's alert opened an incident at this point.
+    pub fn alert(&self) -> bool {
+        self.features.iter().any(|f| f.scored.alert)
+    }
+
+    /// The incident of the point: the strongest anomalous feature's.
+    pub fn incident(&self) -> Option<i64> {
+        self.features
+            .iter()
+            .filter(|f| f.scored.incident.is_some())
+            .max_by(|a, b| a.scored.score.total_cmp(&b.scored.score))
+            .and_then(|f| f.scored.incident)
     }
 }
 
