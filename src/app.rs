@@ -27,8 +27,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Delivery};
+use crate::ingest::consume::{self, LoopSettings, Outputs};
 use crate::ingest::decode::FeatureSet;
-use crate::ingest::kafka::{self, IngestError, LoopSettings, OffsetStore, Outputs};
+use crate::ingest::kafka::{self, IngestError, OffsetStore};
 use crate::ingest::stage::Planner;
 use crate::ingest::transaction::Transactions;
 use crate::metrics::Metrics;
@@ -247,7 +248,7 @@ impl App {
             FeatureSet(None),
             metrics.clone(),
         );
-        let ingest = tokio::spawn(kafka::run(
+        let ingest = tokio::spawn(consume::run(
             consumer.clone(),
             store.clone(),
             planner,
@@ -336,7 +337,7 @@ impl App {
                     m.clone(),
                 );
                 let finished =
-                    tokio::task::spawn_blocking(move || kafka::finish(&c, &s, t.as_deref(), &m2))
+                    tokio::task::spawn_blocking(move || consume::finish(&c, &s, t.as_deref(), &m2))
                         .await
                         .map_err(|e| AppError::Internal(format!("final commit task: {e}")))?;
                 match finished {

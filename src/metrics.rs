@@ -43,6 +43,8 @@ pub const POINTS_SCORED: &str = "attnwatch_points_scored_total";
 pub const MODEL_RUNS: &str = "attnwatch_model_runs_total";
 /// Points flagged anomalous.
 pub const ANOMALIES: &str = "attnwatch_anomalies_total";
+/// Idle-timer marks that did not fit in a partition's offset metadata.
+pub const TIMER_MARKS_DROPPED: &str = "attnwatch_timer_marks_dropped_total";
 /// Alerts (incidents opened), by the channel that raised them.
 pub const ALERTS: &str = "attnwatch_alerts_total";
 /// Contexts per inference call.
@@ -122,6 +124,8 @@ pub struct Metrics {
     pub anomalies: IntCounter,
     /// [`ALERTS`], by `channel`.
     pub alerts: IntCounterVec,
+    /// [`TIMER_MARKS_DROPPED`].
+    pub timer_marks_dropped: IntCounter,
     /// [`INFERENCE_BATCH_SIZE`].
     pub batch_size: Histogram,
     /// [`INFERENCE_LATENCY`].
@@ -293,6 +297,10 @@ impl Metrics {
             )?,
             model_runs: counter(MODEL_RUNS, "Model runs (contexts forecast).")?,
             anomalies: counter(ANOMALIES, "Points flagged anomalous.")?,
+            timer_marks_dropped: counter(
+                TIMER_MARKS_DROPPED,
+                "Idle-timer marks of silent series that did not fit in a partition's committed offset metadata (exactly_once): those series' timers may fire again after a restart.",
+            )?,
             alerts: counter_vec(
                 ALERTS,
                 "Alerts: anomalous points that opened an incident, by the strongest channel.",

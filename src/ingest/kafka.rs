@@ -1,5 +1,5 @@
-//! The Kafka side of ingest: the consumer, its rebalance handling, offset
-//! storing, and the consume loop.
+//! The Kafka side of ingest: the consumer, its rebalance handling and
+//! offset storing (the consume loop itself is [`super::consume`]).
 //!
 //! On assignment each partition is rewound `kafka.rebuild_messages` messages
 //! before its committed offset. Messages before the committed offset are
@@ -17,7 +17,13 @@
 //! Every second the idle timers of the window stage fire
 //! (`window.flush_after`, `window.stale_after`); their outputs are owed by
 //! no input message ([`Token::UNTRACKED`]) and are counted apart so that a
-//! transaction still waits for them.
+//! transaction still waits for them. Since no offset records that they
+//! fired, each transaction also commits, in the offsets' metadata, the
+//! marks of the series whose timers had fired ([`super::marks`]); a new
+//! owner restores them after its rebuild, so that a restart or rebalance
+//! fires nothing twice. A revoked partition's series are dropped from the
+//! window stage with their timers, so the old owner fires nothing for
+//! series another instance now owns.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -30,22 +36,17 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::offsets::{OffsetTracker, Token};
-use super::stage::shard_of;
-use super::stage::{MessageMeta, Planner};
+use super::stage::Planner;
 use super::transaction::{Transactions, TxnError};
 use crate::config::{Delivery, KafkaConfig};
-use crate::flow::{Acknowledge, Job, Outgoing};
+use crate::flow::{Acknowledge, Job};
 use crate::metrics::Metrics;
-use crate::window::IdleTimers;
 
 /// Errors of the Kafka ingest side.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub struct Shared {
     metrics: Metrics,
     delivery: Delivery,
     /// Outputs in flight that no input message owes ([`Token::UNTRACKED`]).
-    untracked: AtomicI64,
+    pub(super) untracked: AtomicI64,
     /// The transactions (exactly_once), for the revocation callback.
     txn: OnceLock<Weak<Transactions>>,
     /// The first transaction failure, raised by the consume loop.
@@ -80,16 +81,29 @@ pub struct Shared {
     /// Set (for good) with the first failure: the consume loop checks it
     /// per message without taking the lock.
     failing: AtomicBool,
+    /// The timer marks each assigned partition commits with its offset
+    /// (exactly_once; [`super::marks`]): kept up to date by the consume
+    /// loop, carried over from the committed metadata on assignment.
+    marks: Mutex<HashMap<i32, String>>,
+    /// Committed marks read on assignment, for the consume loop to restore
+    /// once the partition's rebuild is done.
+    restore: Mutex<HashMap<i32, HashMap<u64, u8>>>,
+    /// Partitions revoked since the consume loop last looked: it drops
+    /// their series' window state (and timers).
+    revoked: Mutex<Vec<i32>>,
+    /// Whether `restore` or `revoked` holds anything (checked per message
+    /// without a lock).
+    pending: AtomicBool,
 }
 
 impl Shared {
     /// Whether every output owed so far has been acknowledged.
-    fn drained(&self) -> bool {
+    pub(super) fn drained(&self) -> bool {
         self.tracker().in_flight() == 0 && self.untracked.load(Ordering::Acquire) <= 0
     }
 
     /// Block until [`Shared::drained`] or `deadline`.
-    fn wait_drained(&self, deadline: Instant) -> bool {
+    pub(super) fn wait_drained(&self, deadline: Instant) -> bool {
         loop {
             if self.drained() {
                 return true;
@@ -101,7 +115,7 @@ impl Shared {
         }
     }
 
-    fn fail(&self, e: TxnError) {
+    pub(super) fn fail(&self, e: TxnError) {
         let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if !self.failing.swap(true, Ordering::AcqRel) {
             *f = Some(e);
@@ -109,14 +123,14 @@ impl Shared {
     }
 
     /// The failure to raise, once (the service stops on it).
-    fn take_failure(&self) -> Option<TxnError> {
+    pub(super) fn take_failure(&self) -> Option<TxnError> {
         if !self.has_failed() {
             return None;
         }
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn has_failed(&self) -> bool {
+    pub(super) fn has_failed(&self) -> bool {
         self.failing.load(Ordering::Acquire)
     }
 
@@ -130,7 +144,7 @@ impl Shared {
     /// Commit the open transaction with the positions of every message read
     /// so far, if every output they owe is acknowledged; abort it otherwise
     /// (its outputs are discarded, and the next owner redoes them).
-    fn commit_drained(
+    pub(super) fn commit_drained(
         &self,
         txn: &Transactions,
         group: Option<ConsumerGroupMetadata>,
@@ -141,7 +155,29 @@ impl Shared {
                 txn.timeout()
             ));
         }
-        let positions = self.tracker().positions();
+        let mut positions: Vec<(i32, i64, Option<String>)> = self
+            .tracker()
+            .positions()
+            .into_iter()
+            .map(|(p, o)| (p, o, None))
+            .collect();
+        {
+            // Every assigned partition commits its marks with its position;
+            // one not read since its assignment commits its committed offset
+            // again, so that its marks still travel.
+            let marks = self.marks();
+            let until = self.replay_until();
+            for (p, _, m) in &mut positions {
+                *m = marks.get(p).cloned();
+            }
+            for (p, text) in marks.iter() {
+                if positions.iter().all(|x| x.0 != *p) {
+                    if let Some(&c) = until.get(p) {
+                        positions.push((*p, c, Some(text.clone())));
+                    }
+                }
+            }
+        }
         if positions.is_empty() {
             return txn.commit(&self.topic, &[], None);
         }
@@ -151,12 +187,86 @@ impl Shared {
         txn.commit(&self.topic, &positions, Some(&group))
     }
 
-    fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+    pub(super) fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn replay_until(&self) -> MutexGuard<'_, HashMap<i32, i64>> {
         self.replay_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The offset below which `partition`'s messages are replayed (its
+    /// committed offset at assignment), if any.
+    pub fn replay_until_of(&self, partition: i32) -> Option<i64> {
+        self.replay_until().get(&partition).copied()
+    }
+
+    fn marks(&self) -> MutexGuard<'_, HashMap<i32, String>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn restore(&self) -> MutexGuard<'_, HashMap<i32, HashMap<u64, u8>>> {
+        self.restore.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revoked(&self) -> MutexGuard<'_, Vec<i32>> {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The consume loop's share of a rebalance, done between messages
+    /// (the callbacks cannot reach its window stage): drop the series of
+    /// revoked partitions with their timers, and restore the committed
+    /// timer marks of `rebuilt`, a partition whose rebuild has reached its
+    /// committed offset. Returns the rebuild jobs of the buckets the
+    /// restored marks close again.
+    pub fn rebalance_in_loop(&self, planner: &mut Planner, rebuilt: Option<i32>) -> Vec<Job> {
+        if !self.pending.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        for p in std::mem::take(&mut *self.revoked()) {
+            let dropped = planner.drop_partition(p);
+            tracing::info!(
+                partition = p,
+                series = dropped,
+                "dropped the window state of a revoked partition"
+            );
+        }
+        let mut jobs = Vec::new();
+        if let Some(partition) = rebuilt {
+            let marks = self.restore().remove(&partition);
+            if let Some(marks) = marks {
+                jobs = planner.restore_marks(partition, &marks);
+                tracing::info!(
+                    partition,
+                    marks = marks.len(),
+                    closed = jobs.len(),
+                    "restored the idle timers' marks after the rebuild"
+                );
+            }
+        }
+        let idle = self.restore().is_empty() && self.revoked().is_empty();
+        if idle {
+            self.pending.store(false, Ordering::Release);
+        }
+        jobs
+    }
+
+    /// Keep the marks to commit up to date with the window stage (after
+    /// each message or sweep that changed them).
+    pub fn update_marks(&self, planner: &mut Planner) {
+        if self.delivery != Delivery::ExactlyOnce {
+            return;
+        }
+        for (partition, marks) in planner.take_changed_marks() {
+            if self.tracker().generation(partition).is_none() {
+                continue; // no longer ours
+            }
+            let (text, dropped) = super::marks::encode(&marks);
+            if dropped > 0 {
+                self.metrics.timer_marks_dropped.inc_by(dropped as u64);
+            }
+            self.marks().insert(partition, text);
+        }
     }
 }
 
@@ -238,6 +348,21 @@ impl IngestContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
+            if shared.delivery == Delivery::ExactlyOnce {
+                let metadata = committed
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.find_partition(topic, partition))
+                    .map(|e| e.metadata().to_string())
+                    .unwrap_or_default();
+                let marks = super::marks::decode(&metadata);
+                if committed_offset.is_some() && !marks.is_empty() {
+                    // Carried over until the rebuild restores them.
+                    shared.marks().insert(partition, metadata);
+                    shared.restore().insert(partition, marks);
+                    shared.pending.store(true, Ordering::Release);
+                }
+            }
             let start = match committed_offset {
                 Some(c) => {
                     let low = consumer
@@ -327,6 +452,10 @@ impl IngestContext {
         for elem in tpl.elements() {
             shared.tracker().revoke(elem.partition());
             shared.replay_until().remove(&elem.partition());
+            shared.marks().remove(&elem.partition());
+            shared.restore().remove(&elem.partition());
+            shared.revoked().push(elem.partition());
+            shared.pending.store(true, Ordering::Release);
             let _ = shared
                 .metrics
                 .consumer_lag
@@ -373,6 +502,10 @@ pub fn consumer(
         txn: OnceLock::new(),
         failed: Mutex::new(None),
         failing: AtomicBool::new(false),
+        marks: Mutex::new(HashMap::new()),
+        restore: Mutex::new(HashMap::new()),
+        revoked: Mutex::new(Vec::new()),
+        pending: AtomicBool::new(false),
     });
     let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
     let mut c = client_config(cfg);
@@ -404,7 +537,7 @@ pub fn consumer(
 /// Stores offsets as outputs are acknowledged.
 pub struct OffsetStore {
     consumer: Arc<IngestConsumer>,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl OffsetStore {
@@ -432,7 +565,7 @@ impl OffsetStore {
         }
     }
 
-    fn register(&self, token: Token, outputs: u32) {
+    pub(super) fn register(&self, token: Token, outputs: u32) {
         let advanced = self.shared.tracker().register(token, outputs);
         if let Some(offset) = advanced {
             self.store(token.partition, offset);
@@ -462,223 +595,5 @@ impl Acknowledge for OffsetStore {
         if let Some(offset) = advanced {
             self.store(token.partition, offset);
         }
-    }
-}
-
-/// Where the consume loop sends its work.
-pub struct Outputs {
-    /// One job queue per inference thread.
-    pub jobs: Vec<flume::Sender<Job>>,
-    /// Dead letters go straight to the publisher.
-    pub publish: mpsc::Sender<Outgoing>,
-}
-
-/// Timers and delivery of the consume loop.
-#[derive(Debug, Clone)]
-pub struct LoopSettings {
-    /// The transactions (exactly_once delivery), else `None`.
-    pub transactions: Option<Arc<Transactions>>,
-    /// How often a transaction is committed.
-    pub commit_interval: Duration,
-    /// The window stage's idle flush and stale timers.
-    pub timers: IdleTimers,
-}
-
-/// How often the idle timers are checked.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Consume until `shutdown` is cancelled. Returning drops the job senders,
-/// which lets the inference threads drain and stop. An error is a failed
-/// exactly-once transaction: the service must stop, and its restart
-/// rebuilds state from the committed offsets.
-pub async fn run(
-    consumer: Arc<IngestConsumer>,
-    store: Arc<OffsetStore>,
-    mut planner: Planner,
-    outputs: Outputs,
-    shutdown: CancellationToken,
-    metrics: Metrics,
-    settings: LoopSettings,
-) -> Result<(), IngestError> {
-    let shared = store.shared.clone();
-    let mut backoff = Duration::from_millis(100);
-    let mut commit_tick = tokio::time::interval(settings.commit_interval);
-    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sweep_tick = tokio::time::interval(SWEEP_EVERY);
-    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sweeping = settings.timers != IdleTimers::default();
-    let txn = settings.transactions.clone();
-    loop {
-        if let Some(e) = shared.take_failure() {
-            return Err(e.into());
-        }
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            msg = consumer.recv() => msg,
-            _ = commit_tick.tick(), if txn.is_some() => {
-                if let Some(txn) = &txn {
-                    commit_now(&consumer, &shared, txn).await?;
-                }
-                continue;
-            }
-            _ = sweep_tick.tick(), if sweeping => {
-                let (jobs, stale) = planner.sweep(chrono::Utc::now().timestamp_millis(), settings.timers);
-                let owed = jobs.iter().filter(|j| j.publishes()).count() + stale.len();
-                shared.untracked.fetch_add(owed as i64, Ordering::AcqRel);
-                for event in stale {
-                    if outputs.publish.send(Outgoing::Stale(event)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                for job in jobs {
-                    let shard = shard_of(&job.series, outputs.jobs.len());
-                    if outputs.jobs[shard].send_async(job).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                continue;
-            }
-        };
-        let msg = match msg {
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
-            }
-            Err(e) => {
-                // Broker unreachable and similar: librdkafka reconnects; back off.
-                metrics.error("kafka", &e);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        metrics.records_consumed.inc();
-        let (partition, offset) = (msg.partition(), msg.offset());
-        let Some(generation) = shared.tracker().generation(partition) else {
-            continue; // not (or no longer) ours
-        };
-        let replay = shared
-            .replay_until()
-            .get(&partition)
-            .is_some_and(|until| offset < *until);
-        let token = Token {
-            partition,
-            offset,
-            generation,
-        };
-        let meta = MessageMeta {
-            token,
-            kafka_ts_ms: msg.timestamp().to_millis(),
-        };
-        let payload = msg.payload().unwrap_or_default();
-        // The ingest stage's busy time is sampled (1 message in 16, scaled
-        // up): reading the clock twice per message costs more than it tells.
-        let sampled = offset % 16 == 0;
-        let started = sampled.then(std::time::Instant::now);
-        if replay {
-            // Output for this message was published before the assignment:
-            // rebuild windows, forecasts and calibration, publish nothing.
-            let jobs = planner.replay(payload, meta, chrono::Utc::now().timestamp_millis());
-            if let Some(t) = started {
-                metrics.busy("ingest", 16.0 * t.elapsed().as_secs_f64());
-            }
-            metrics.replayed.inc();
-            for job in jobs {
-                let shard = shard_of(&job.series, outputs.jobs.len());
-                if outputs.jobs[shard].send_async(job).await.is_err() {
-                    return Ok(());
-                }
-            }
-            continue;
-        }
-        let plan = planner.plan(
-            payload,
-            msg.key(),
-            meta,
-            chrono::Utc::now().timestamp_millis(),
-        );
-        if let Some(t) = started {
-            metrics.busy("ingest", 16.0 * t.elapsed().as_secs_f64());
-        }
-        store.register(token, plan.outputs());
-        for dl in plan.dead_letters {
-            if outputs
-                .publish
-                .send(Outgoing::DeadLetter(dl))
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-        for job in plan.jobs {
-            let shard = shard_of(&job.series, outputs.jobs.len());
-            if outputs.jobs[shard].send_async(job).await.is_err() {
-                return Ok(());
-            }
-        }
-    }
-    tracing::info!("ingest stopped consuming");
-    match shared.take_failure() {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
-}
-
-/// Exactly-once commit from the consume loop: stop reading, wait for every
-/// output owed to be acknowledged, commit the positions in the transaction.
-async fn commit_now(
-    consumer: &IngestConsumer,
-    shared: &Shared,
-    txn: &Transactions,
-) -> Result<(), IngestError> {
-    let deadline = Instant::now() + txn.timeout();
-    while !shared.drained() && Instant::now() < deadline {
-        if let Some(e) = shared.take_failure() {
-            return Err(e.into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    if let Some(e) = shared.take_failure() {
-        return Err(e.into());
-    }
-    let group = consumer.group_metadata();
-    tokio::task::block_in_place(|| shared.commit_drained(txn, group))?;
-    Ok(())
-}
-
-/// The final commit of a shutdown, after the pipeline has drained: stored
-/// offsets (at_least_once), or the open transaction (exactly_once; aborted
-/// instead when outputs are still in flight, a drain cut short by the
-/// grace period).
-pub fn finish(
-    consumer: &IngestConsumer,
-    store: &OffsetStore,
-    transactions: Option<&Transactions>,
-    metrics: &Metrics,
-) -> Result<(), TxnError> {
-    match transactions {
-        None => {
-            commit(consumer, metrics);
-            Ok(())
-        }
-        Some(txn) => {
-            let shared = &store.shared;
-            if let Some(e) = shared.take_failure() {
-                return Err(e);
-            }
-            shared.commit_drained(txn, consumer.group_metadata())
-        }
-    }
-}
-
-/// Commit the stored offsets now (shutdown).
-pub fn commit(consumer: &IngestConsumer, metrics: &Metrics) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => metrics.error("commit", &e),
     }
 }

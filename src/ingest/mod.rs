@@ -5,11 +5,13 @@
 //! [`decode`] and [`offsets`] are pure; [`kafka`] holds the consumer, its
 //! rebalance handling (window rebuild on assignment), the offset store and
 //! the consume loop; [`transaction`] commits outputs and input offsets
-//! together in exactly_once mode; [`stage`] turns one consumed message into
+//! together in exactly_once mode, with the idle timers' [`marks`]; [`stage`] turns one consumed message into
 //! model jobs and dead letters.
 
+pub mod consume;
 pub mod decode;
 pub mod kafka;
+pub mod marks;
 pub mod offsets;
 pub mod stage;
 pub mod transaction;

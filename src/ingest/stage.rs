@@ -7,13 +7,13 @@
 //! *before* sending anything, so an acknowledgement can never arrive for a
 //! message the tracker does not know.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::decode::{self, FeatureSet, Sample, Values};
 use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, StaleEvent, Token};
 use crate::metrics::Metrics;
-use crate::window::{Counters, Emitted, IdleTimers, Settings, Windows};
+use crate::window::{Counters, Emitted, IdleTimers, Mark, Settings, Windows};
 
 /// Separator between series id and feature name in window keys.
 const FEATURE_SEP: char = '\u{1f}';
@@ -170,6 +170,66 @@ impl Planner {
         jobs
     }
 
+    /// The timer marks of every partition whose marks changed since the
+    /// last call (see [`super::marks`]).
+    pub fn take_changed_marks(&mut self) -> Vec<(i32, Vec<Mark>)> {
+        let dirty = self.windows.take_dirty();
+        dirty
+            .into_iter()
+            .filter(|p| *p >= 0)
+            .map(|p| (p, self.windows.marks(p)))
+            .collect()
+    }
+
+    /// Drop the window state of every series of a revoked `partition`, its
+    /// timers with it; returns how many series.
+    pub fn drop_partition(&mut self, partition: i32) -> usize {
+        let n = self.windows.drop_partition(partition);
+        self.report();
+        n
+    }
+
+    /// Restore the committed timer marks of `partition` after its rebuild:
+    /// the series whose timers had fired get their flags back, and the
+    /// buckets the idle flush had closed are closed again. Returns rebuild
+    /// jobs for those buckets (scored to keep forecasts and calibration
+    /// as they were, published before: nothing is published again).
+    pub fn restore_marks(&mut self, partition: i32, marks: &HashMap<u64, u8>) -> Vec<Job> {
+        let closed = self.windows.restore(partition, marks);
+        let mut jobs = Vec::new();
+        for (key, emitted) in closed {
+            self.timer_jobs(&key, emitted, Mode::Rebuild, &mut jobs);
+        }
+        self.report();
+        jobs
+    }
+
+    /// Jobs for grid points a timer closed on window key `key`.
+    fn timer_jobs(&self, key: &str, emitted: Vec<Emitted>, mode: Mode, jobs: &mut Vec<Job>) {
+        let (series, feature) = match key.split_once(FEATURE_SEP) {
+            Some((series, feature)) => (Arc::from(series), Some(Arc::from(feature))),
+            None => (Arc::from(key), None),
+        };
+        let key: Arc<str> = Arc::from(key);
+        for e in emitted.into_iter().filter(useful) {
+            let (ts, value) = (e.ts, e.value);
+            let single = feature.is_none();
+            let f = feature
+                .clone()
+                .unwrap_or_else(|| self.value_feature.clone());
+            jobs.push(Job {
+                series: Arc::clone(&series),
+                ts,
+                value: single.then_some(value),
+                labels: self.no_labels.clone(),
+                features: vec![feature_job(f, key.clone(), e)],
+                token: Token::UNTRACKED,
+                source_ts_ms: None,
+                mode,
+            });
+        }
+    }
+
     /// Fire the idle timers at processing time `now_ms`: the jobs of the
     /// buckets the idle flush closed (their outputs owed by no input
     /// message: [`Token::UNTRACKED`]), and the series that went stale.
@@ -177,28 +237,7 @@ impl Planner {
         let swept = self.windows.sweep(now_ms, timers);
         let mut jobs = Vec::new();
         for (key, emitted) in swept.flushed {
-            let (series, feature) = match key.split_once(FEATURE_SEP) {
-                Some((series, feature)) => (Arc::from(series), Some(Arc::from(feature))),
-                None => (Arc::from(key.as_str()), None),
-            };
-            let key: Arc<str> = Arc::from(key);
-            for e in emitted.into_iter().filter(useful) {
-                let (ts, value) = (e.ts, e.value);
-                let single = feature.is_none();
-                let f = feature
-                    .clone()
-                    .unwrap_or_else(|| self.value_feature.clone());
-                jobs.push(Job {
-                    series: Arc::clone(&series),
-                    ts,
-                    value: single.then_some(value),
-                    labels: self.no_labels.clone(),
-                    features: vec![feature_job(f, key.clone(), e)],
-                    token: Token::UNTRACKED,
-                    source_ts_ms: None,
-                    mode: Mode::Publish,
-                });
-            }
+            self.timer_jobs(&key, emitted, Mode::Publish, &mut jobs);
         }
         // A series of several features goes stale once, at its newest time.
         let mut stale: BTreeMap<&str, i64> = BTreeMap::new();
@@ -253,7 +292,10 @@ impl Planner {
         match values {
             Values::Single(v) => {
                 // Dropped points are counted by the window stage.
-                let Ok(emitted) = self.windows.push(&series, ts, v, now_ms) else {
+                let Ok(emitted) =
+                    self.windows
+                        .push_from(&series, ts, v, now_ms, meta.token.partition)
+                else {
                     return;
                 };
                 for e in emitted.into_iter().filter(useful) {
@@ -266,7 +308,10 @@ impl Planner {
                 let mut by_time: BTreeMap<i64, Vec<FeatureJob>> = BTreeMap::new();
                 for (feature, v) in pairs {
                     let key = format!("{series}{FEATURE_SEP}{feature}");
-                    let Ok(emitted) = self.windows.push(&key, ts, v, now_ms) else {
+                    let Ok(emitted) =
+                        self.windows
+                            .push_from(&key, ts, v, now_ms, meta.token.partition)
+                    else {
                         continue;
                     };
                     let (feature, key): (Arc<str>, Arc<str>) = (Arc::from(feature), Arc::from(key));

@@ -124,15 +124,18 @@ impl Transactions {
     pub fn commit(
         &self,
         topic: &str,
-        positions: &[(i32, i64)],
+        positions: &[(i32, i64, Option<String>)],
         group: Option<&ConsumerGroupMetadata>,
     ) -> Result<(), TxnError> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let mut tpl = TopicPartitionList::new();
-        for &(partition, offset) in positions {
-            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+        for (partition, offset, metadata) in positions {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 return self.abort(&format!("offsets: {e}"));
+            }
+            if let (Some(m), Some(mut elem)) = (metadata, tpl.find_partition(topic, *partition)) {
+                elem.set_metadata(m.as_str());
             }
         }
         if tpl.count() > 0 {

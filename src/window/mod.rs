@@ -34,12 +34,16 @@
 
 mod ring;
 mod series;
+mod timers;
+
+use std::collections::HashSet;
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 pub use series::Series;
-use series::{IDLE_FLUSHED, IDLE_STALE};
+pub use series::{IDLE_FLUSHED, IDLE_STALE};
+pub use timers::{mark_hash, IdleTimers, Mark, Swept, MARK_HASH_MASK};
 
 /// Timestamp of a missing window position.
 pub const MISSING_TS: i64 = i64::MIN;
@@ -210,31 +214,16 @@ pub struct Counters {
     pub stale: u64,
 }
 
-/// Processing-time timers of [`Windows::sweep`] (ms; `None`: off).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct IdleTimers {
-    /// Close the open buckets of a series silent this long, or one
-    /// interval if that is longer.
-    pub flush_after_ms: Option<i64>,
-    /// Report a series silent this long, or three intervals if that is
-    /// longer, once.
-    pub stale_after_ms: Option<i64>,
-}
-
-/// What [`Windows::sweep`] found.
-#[derive(Debug, Default, PartialEq)]
-pub struct Swept {
-    /// Grid points closed by the idle flush, per series key.
-    pub flushed: Vec<(String, Vec<Emitted>)>,
-    /// Series keys that went stale, with their newest timestamp.
-    pub stale: Vec<(String, i64)>,
-}
-
 /// The window state of every series.
 pub struct Windows {
     settings: Settings,
     series: LruCache<String, Series>,
     counters: Counters,
+    /// Keys of the series whose idle timers have fired (flags set).
+    marked: HashSet<String>,
+    /// Partitions whose set of marked series changed since the last
+    /// [`Windows::take_dirty`].
+    dirty: HashSet<i32>,
 }
 
 impl std::fmt::Debug for Windows {
@@ -253,6 +242,8 @@ impl Windows {
             settings,
             series: LruCache::unbounded(),
             counters: Counters::default(),
+            marked: HashSet::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -289,25 +280,58 @@ impl Windows {
         value: f32,
         now_ms: i64,
     ) -> Result<Vec<Emitted>, Rejected> {
+        self.push_from(key, ts, value, now_ms, -1)
+    }
+
+    /// [`Windows::push`] for a point read from input `partition`: the
+    /// series belongs to that partition until a point of it comes from
+    /// another (so that a revocation can drop it with its timers).
+    pub fn push_from(
+        &mut self,
+        key: &str,
+        ts: i64,
+        value: f32,
+        now_ms: i64,
+        partition: i32,
+    ) -> Result<Vec<Emitted>, Rejected> {
         self.expire(now_ms);
         let mut out = Vec::new();
         let s = &self.settings;
         if let Some(series) = self.series.get_mut(key) {
             series.last_seen_ms = now_ms;
+            if series.idle != 0 {
+                // The point re-arms the timers: the mark goes.
+                self.marked.remove(key);
+                self.dirty.insert(series.partition);
+            }
+            if series.partition != partition {
+                self.dirty.insert(series.partition);
+                series.partition = partition;
+            }
             series.idle = 0;
             series.push(ts, value, s, &mut self.counters, &mut out)?;
             return Ok(out);
         }
-        while self.series.len() >= s.max_series.max(1) {
-            if self.series.pop_lru().is_none() {
+        let max_series = s.max_series.max(1);
+        while self.series.len() >= max_series {
+            let Some((k, old)) = self.series.pop_lru() else {
                 break;
-            }
+            };
+            self.unmark(&k, &old);
             self.counters.evicted_lru += 1;
         }
+        let s = &self.settings;
         let mut series = Series::new(s, now_ms, key);
+        series.partition = partition;
         let result = series.push(ts, value, s, &mut self.counters, &mut out);
         self.series.put(key.to_owned(), series);
         result.map(|()| out)
+    }
+
+    fn unmark(&mut self, key: &str, series: &Series) {
+        if series.idle != 0 && self.marked.remove(key) {
+            self.dirty.insert(series.partition);
+        }
     }
 
     /// Evict series idle since before `now_ms - idle_ttl`.
@@ -318,62 +342,11 @@ impl Windows {
             .peek_lru()
             .is_some_and(|(_, s)| s.last_seen_ms < cutoff)
         {
-            self.series.pop_lru();
+            if let Some((k, old)) = self.series.pop_lru() {
+                self.unmark(&k, &old);
+            }
             self.counters.evicted_idle += 1;
         }
-    }
-
-    /// Fire the processing-time idle timers at `now_ms`: close the open
-    /// buckets of series silent for `flush_after` (at least one interval),
-    /// and report series silent for `stale_after` (at least three
-    /// intervals). Each fires once per silence; the next point of the
-    /// series re-arms both. Series whose interval is not yet known are
-    /// warming up and are left alone by the flush. Cost: one step per
-    /// series silent longer than the shorter timer (series are kept in
-    /// recency order, so the scan stops at the first recent one).
-    pub fn sweep(&mut self, now_ms: i64, timers: IdleTimers) -> Swept {
-        let mut swept = Swept::default();
-        let Some(earliest) = [timers.flush_after_ms, timers.stale_after_ms]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            return swept;
-        };
-        let Windows {
-            settings,
-            series,
-            counters,
-        } = self;
-        for (key, s) in series.iter_mut().rev() {
-            let silent = now_ms.saturating_sub(s.last_seen_ms);
-            if silent < earliest {
-                break; // every later series was seen more recently
-            }
-            let interval = s.interval();
-            if let (Some(after), Some(iv)) = (timers.flush_after_ms, interval) {
-                if s.idle & IDLE_FLUSHED == 0 && silent >= after.max(iv) {
-                    s.idle |= IDLE_FLUSHED;
-                    let mut out = Vec::new();
-                    s.flush(settings, counters, &mut out);
-                    if !out.is_empty() {
-                        counters.flushed_idle += 1;
-                        swept.flushed.push((key.clone(), out));
-                    }
-                }
-            }
-            if let Some(after) = timers.stale_after_ms {
-                let need = after.max(interval.map_or(0, |iv| iv.saturating_mul(3)));
-                if s.idle & IDLE_STALE == 0 && silent >= need {
-                    if let Some(ts) = s.newest_ts() {
-                        s.idle |= IDLE_STALE;
-                        counters.stale += 1;
-                        swept.stale.push((key.clone(), ts));
-                    }
-                }
-            }
-        }
-        swept
     }
 
     /// The grid interval of `key`, once known.

@@ -93,6 +93,9 @@ pub struct Series {
     /// Idle timers that fired since the last push ([`IDLE_FLUSHED`],
     /// [`IDLE_STALE`]); a push clears them.
     pub idle: u8,
+    /// The input partition its newest point came from (`-1`: none, as in
+    /// `eval` and `score`).
+    pub partition: i32,
 }
 
 /// [`Series::idle`]: the open buckets were closed by the idle flush.
@@ -116,6 +119,7 @@ impl Series {
             stagger: stagger(key, s.stride),
             last_seen_ms: now_ms,
             idle: 0,
+            partition: -1,
         }
     }
 
