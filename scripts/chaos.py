@@ -16,6 +16,20 @@ timestamps), attnwatch scores it, and the fault strikes a few seconds in:
                 and not restarted, so its partitions move and their state is rebuilt
   broker_pause  the broker SIGSTOPped for 15 s, then SIGCONT
   malformed     no fault; 1 record in 50 malformed in each way the decoder knows
+  timers        short idle timers (flush 2 s, stale 5 s) on a 1 s grid; the input pauses
+                halfway for 9 s, and attnwatch is SIGKILLed 8 s into the pause, after the
+                timers fired and their outputs were committed, then restarted
+  scale_out     short timers; a second instance joins and both keep running to the end
+  scale_in      short timers; two instances from the start, the second SIGTERMed
+
+In the timer scenarios flushed points are counted with the scored points (they are
+points), and stale events on their own: lost, duplicated and extra, against the
+reference run of the same input with the same timers.
+
+--soak DURATION runs one long row instead: the input at half the measured maximum
+load (a short unpaced burst measures it first), a second instance joining and leaving
+(SIGTERM) every 10 minutes, RSS, consumer lag and the end-to-end p99 sampled every
+10 s, their slopes, and lost and duplicated points at the end.
 
 The output topic (created with LogAppendTime) is read from the start with
 isolation.level=read_committed. Per row: good points in, output records, distinct
@@ -48,7 +62,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ["sigkill", "sigterm", "broker_kill", "rebalance", "broker_pause", "malformed"]
+SCENARIOS = ["sigkill", "sigterm", "broker_kill", "rebalance", "broker_pause", "malformed",
+             "timers", "scale_out", "scale_in"]
+# Scenarios on a 1-second grid with short idle timers (flush 2 s, stale 5 s), so
+# that flushed buckets and stale events happen within the run.
+TIMER_SCENARIOS = {"timers", "scale_out", "scale_in"}
+FLUSH_S, STALE_S = 2, 5
 MODES = ["at_least_once", "exactly_once"]
 START_MS = 1_700_000_000_000
 
@@ -138,8 +157,9 @@ class Instance:
                 self.proc.wait(10)
 
 
-def config_text(a, run, mode, txn_id):
-    return f"""
+def config_text(a, run, mode, txn_id, timers=False):
+    window = f'\n[window]\nflush_after = "{FLUSH_S}s"\nstale_after = "{STALE_S}s"\n' if timers else ""
+    return window + f"""
 [kafka]
 brokers = "{a.bootstrap}"
 group_id = "{run}-group"
@@ -177,13 +197,43 @@ def create_topics(a, run):
         f.result()
 
 
-def loadgen(a, run, bad_rate, paced):
+def loadgen(a, run, bad_rate, paced, start_ms=START_MS, points=None, interval="1m", seed=7, rate=None):
     cmd = [a.binary, "loadgen", "--brokers", a.bootstrap, "--topic", f"{run}-in",
-           "--series", str(a.series), "--points", str(a.points), "--partitions", str(a.partitions),
-           "--start-ms", str(START_MS), "--seed", "7", "--bad-rate", str(bad_rate)]
+           "--series", str(a.series), "--points", str(points or a.points), "--partitions", str(a.partitions),
+           "--start-ms", str(start_ms), "--seed", str(seed), "--bad-rate", str(bad_rate),
+           "--interval", interval]
     if paced:
-        cmd += ["--rate", str(a.rate)]
+        cmd += ["--rate", str(rate or a.rate)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+class Feed:
+    """The input of one row. Timer scenarios are on a 1 s grid; `timers` pauses
+    halfway (FLUSH_S and STALE_S pass) and goes on with the second half."""
+
+    def __init__(self, a, run, name, bad_rate, paced):
+        self.a, self.run, self.name, self.bad_rate, self.paced = a, run, name, bad_rate, paced
+        self.timers = name in TIMER_SCENARIOS
+        self.pause_s = STALE_S + 4 if name == "timers" else 0
+        self.pause_started = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        a = self.a
+        interval = "1s" if self.timers else "1m"
+        if not self.pause_s:
+            loadgen(a, self.run, self.bad_rate, self.paced, interval=interval).communicate()
+            return
+        half = a.points // 2
+        loadgen(a, self.run, self.bad_rate, self.paced, points=half, interval=interval).communicate()
+        self.pause_started = time.monotonic()
+        time.sleep(self.pause_s)
+        loadgen(a, self.run, self.bad_rate, self.paced, start_ms=START_MS + half * 1000,
+                points=a.points - half, interval=interval, seed=8).communicate()
+
+    def wait(self):
+        self.thread.join()
 
 
 class Output:
@@ -200,7 +250,7 @@ class Output:
         })
         self.c.subscribe([f"{run}-out"])
         self.records = []  # (series, ts, score, anomaly, append_ms, seen_ms)
-        self.stale = 0
+        self.stale = []  # (series, ts)
         self.last_new = time.monotonic()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -217,7 +267,8 @@ class Output:
                         continue
                     v = json.loads(m.value())
                     if v.get("event") == "stale":
-                        self.stale += 1
+                        self.stale.append((v["series"], v["ts"]))
+                        self.last_new = time.monotonic()
                         continue
                     self.records.append((v["series"], v["ts"], v["score"], v["anomaly"], m.timestamp()[1], seen))
                     self.last_new = time.monotonic()
@@ -261,23 +312,24 @@ def collect(out, want, deadline, quiet=5.0):
     return False
 
 
-def reference(a, bad_rate):
+def reference(a, bad_rate, name=""):
     run = f"chaos-ref-{random.getrandbits(32):08x}"
     create_topics(a, run)
-    inst = Instance(a.binary, config_text(a, run, "at_least_once", f"{run}-a"), "reference", a.logdir)
+    timers = name in TIMER_SCENARIOS
+    inst = Instance(a.binary, config_text(a, run, "at_least_once", f"{run}-a", timers), "reference", a.logdir)
     inst.start()
     inst.wait_ready()
     out = Output(a, run)
-    gen = loadgen(a, run, bad_rate, paced=False)
-    gen.wait()
-    collect(out, None, time.monotonic() + 300, quiet=8.0)
+    Feed(a, run, name, bad_rate, paced=False).wait()
+    collect(out, None, time.monotonic() + 300, quiet=8.0 + (STALE_S if timers else 0))
     inst.stop()
     out.close()
     ref = {}
     for s, ts, score, anomaly, *_ in out.records:
         ref[(s, ts)] = (score, anomaly)
-    log(f"reference (bad rate {bad_rate}): {len(ref)} distinct points scored from {a.series * a.points} in")
-    return ref
+    log(f"reference ({name or 'plain'}, bad rate {bad_rate}): {len(ref)} distinct points scored from "
+        f"{a.series * a.points} in, {len(out.stale)} stale events")
+    return ref, sorted(out.stale)
 
 
 class Supervisor:
@@ -307,21 +359,32 @@ def broker_pid(a):
         return int(f.read().strip())
 
 
-def scenario(a, name, mode, ref):
+def scenario(a, name, mode, reference_run):
+    ref, ref_stale = reference_run
     run = f"chaos-{name.replace('_', '-')}-{mode.replace('_', '-')}-{random.getrandbits(32):08x}"
     create_topics(a, run)
-    first = Instance(a.binary, config_text(a, run, mode, f"{run}-a"), f"{run}-a", a.logdir)
-    second = Instance(a.binary, config_text(a, run, mode, f"{run}-b"), f"{run}-b", a.logdir)
+    timers = name in TIMER_SCENARIOS
+    first = Instance(a.binary, config_text(a, run, mode, f"{run}-a", timers), f"{run}-a", a.logdir)
+    second = Instance(a.binary, config_text(a, run, mode, f"{run}-b", timers), f"{run}-b", a.logdir)
     first.start()
     first.wait_ready()
+    if name == "scale_in":
+        second.start()
+        second.wait_ready()
     out = Output(a, run)
     bad_rate = 0.02 if name == "malformed" else 0.0
-    gen = loadgen(a, run, bad_rate, paced=True)
+    gen = Feed(a, run, name, bad_rate, paced=True)
     t0 = time.monotonic()
-    time.sleep(a.fault_at)
+    if name == "timers":
+        # Strike in the pause, once the timers have fired and committed.
+        while gen.pause_started is None and gen.thread.is_alive():
+            time.sleep(0.1)
+        time.sleep(max(0.0, (gen.pause_started or time.monotonic()) + STALE_S + 3 - time.monotonic()))
+    else:
+        time.sleep(a.fault_at)
     fault_wall_ms = time.time() * 1000
     supervisor = Supervisor([first, second])
-    if name == "sigkill":
+    if name in ("sigkill", "timers"):
         first.take_down(signal.SIGKILL)
         time.sleep(1)
         first.start()
@@ -331,22 +394,25 @@ def scenario(a, name, mode, ref):
     elif name == "broker_kill":
         subprocess.run([os.path.join(ROOT, "scripts", "kafka"), "restart", "--kill"], check=True,
                        stdout=subprocess.DEVNULL)
-    elif name == "rebalance":
+    elif name in ("rebalance", "scale_out"):
         second.start()
         second.wait_ready()
-        # The second instance has partitions once it is ready; then the first dies.
+        # The second instance has partitions once it is ready.
         deadline = time.monotonic() + 60
         while (metric(second.http, "attnwatch_assigned_partitions") or 0) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
-        first.take_down(signal.SIGKILL)
+        if name == "rebalance":
+            first.take_down(signal.SIGKILL)
+    elif name == "scale_in":
+        second.take_down(signal.SIGTERM)
     elif name == "broker_pause":
         pid = broker_pid(a)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(15)
         os.kill(pid, signal.SIGCONT)
-    gen.communicate()
+    gen.wait()
     fed = time.monotonic() - t0
-    collect(out, len(ref), time.monotonic() + a.drain_timeout)
+    collect(out, len(ref), time.monotonic() + a.drain_timeout, quiet=5.0 + (STALE_S + 2 if timers else 0))
     supervisor.close()
     restarts = supervisor.restarts
     for inst in (first, second):
@@ -386,12 +452,18 @@ def scenario(a, name, mode, ref):
 
     recover = longest_silence(4)
     recover_seen = longest_silence(5)
+    got_stale = {}
+    for k in out.stale:
+        got_stale[k] = got_stale.get(k, 0) + 1
+    want_stale = set(ref_stale)
     row = {
+        "stale_want": len(ref_stale), "stale_out": len(out.stale),
+        "stale_duplicates": sum(c - 1 for c in got_stale.values()),
+        "stale_lost": len(want_stale - set(got_stale)), "stale_extra": len(set(got_stale) - want_stale),
         "scenario": name, "mode": mode, "points_in": a.series * a.points, "records_out": len(keys),
         "distinct_out": len(distinct), "duplicates": len(keys) - len(distinct), "lost": len(lost),
         "extra": len(extra), "dead_letters": dead, "scores_differing": diffs, "max_score_diff": max_diff,
         "flags_differing": flag_diffs, "recover_s": recover, "recover_seen_s": recover_seen, "restarts": restarts, "fed_s": fed,
-        "stale_events": out.stale,
     }
     log(json.dumps(row))
     return row
@@ -450,6 +522,187 @@ def loadgen_explode(a, run, series):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def histogram(addr, name):
+    """The cumulative bucket counts of histogram `name` summed over label sets: {le: count}."""
+    _, text = http_get(addr, "/metrics")
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_bucket{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        le = float("inf") if le == "+Inf" else float(le)
+        out[le] = out.get(le, 0.0) + float(value)
+    return out
+
+
+def quantile(delta, q):
+    """The q-quantile of a histogram's bucket deltas ({le: cumulative count}), linear in a bucket."""
+    items = sorted(delta.items())
+    if not items or items[-1][1] <= 0:
+        return float("nan")
+    want, prev_le, prev_c = q * items[-1][1], 0.0, 0.0
+    for le, c in items:
+        if c >= want:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((want - prev_c) / max(c - prev_c, 1e-12))
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def slope_per_hour(samples):
+    """Least-squares slope of (seconds, value) samples, per hour."""
+    pts = [(t, v) for t, v in samples if v == v]
+    if len(pts) < 2:
+        return float("nan")
+    n = len(pts)
+    mt = sum(t for t, _ in pts) / n
+    mv = sum(v for _, v in pts) / n
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    if var == 0:
+        return float("nan")
+    return 3600 * sum((t - mt) * (v - mv) for t, v in pts) / var
+
+
+def measure_max(a, timers_text):
+    """Points per second one instance scores from a backlog (the unpaced burst)."""
+    run = f"chaos-max-{random.getrandbits(32):08x}"
+    create_topics(a, run)
+    inst = Instance(a.binary, config_text(a, run, "at_least_once", f"{run}-a") + timers_text, run, a.logdir)
+    inst.start()
+    inst.wait_ready()
+    burst = a.soak_burst
+    points = max(burst // a.series, 64)
+    loadgen(a, run, 0.0, paced=False, points=points, interval="1s").communicate()
+    want = a.series * points
+    t0, start_count = None, 0
+    deadline = time.monotonic() + a.drain_timeout * 3
+    while time.monotonic() < deadline:
+        done = metric(inst.http, "attnwatch_records_consumed_total") or 0
+        if t0 is None and done > 0:
+            t0, start_count = time.monotonic(), done
+        if done >= want:
+            break
+        time.sleep(0.2)
+    seconds = time.monotonic() - (t0 or time.monotonic())
+    inst.stop()
+    rate = (done - start_count) / max(seconds, 1e-3)
+    log(f"soak: measured maximum {rate:,.0f} points/s ({done:,.0f} of {want:,} consumed in {seconds:.1f} s)")
+    return rate
+
+
+def soak(a):
+    timers_text = '\n[window]\nflush_after = "5s"\nstale_after = "600s"\n'
+    rate = a.soak_rate or 0.5 * measure_max(a, timers_text)
+    run = f"chaos-soak-{random.getrandbits(32):08x}"
+    create_topics(a, run)
+    mode = a.modes.split(",")[0] if a.modes else "at_least_once"
+    text = config_text(a, run, mode, f"{run}-a") + timers_text
+    first = Instance(a.binary, text, f"{run}-a", a.logdir)
+    second = Instance(a.binary, config_text(a, run, mode, f"{run}-b") + timers_text, f"{run}-b", a.logdir)
+    first.start()
+    first.wait_ready()
+    points = max(int(rate * a.soak / a.series), 64)
+    log(f"soak: {a.soak:.0f} s at {rate:,.0f} points/s ({a.series} series x {points:,} points, 1 s grid), "
+        f"{mode}, a second instance joining and leaving every {a.soak_rebalance:.0f} s")
+    gen = loadgen(a, run, 0.0, paced=True, points=points, interval="1s", rate=rate)
+    supervisor = Supervisor([first, second])
+    t0 = time.monotonic()
+    samples, last_hist, next_rebalance, rebalances = [], None, t0 + a.soak_rebalance, 0
+    while gen.poll() is None:
+        time.sleep(max(0.0, 10 - ((time.monotonic() - t0) % 10)))
+        now = time.monotonic() - t0
+        live = [i for i in (first, second) if i.alive()]
+        rss = sum(rss_kib(i.proc.pid) for i in live) / 1024
+        lag = sum(metric(i.http, "attnwatch_consumer_lag") or 0 for i in live)
+        hist = {}
+        for i in live:
+            for le, c in histogram(i.http, "attnwatch_end_to_end_latency_seconds").items():
+                hist[le] = hist.get(le, 0.0) + c
+        p99 = float("nan")
+        if last_hist is not None:
+            delta = {le: c - last_hist.get(le, 0.0) for le, c in hist.items()}
+            p99 = quantile(delta, 0.99) * 1000
+        last_hist = hist
+        samples.append({"t": now, "rss_mib": rss, "rss_first_mib": rss_kib(first.proc.pid) / 1024 if first.alive() else float("nan"),
+                        "lag": lag, "p99_ms": p99, "instances": len(live)})
+        log(f"soak {now:6.0f} s: RSS {rss:7.1f} MiB (first {samples[-1]['rss_first_mib']:.1f}), lag {lag:8,.0f}, "
+            f"p99 {p99:7.1f} ms, instances {len(live)}")
+        if time.monotonic() >= next_rebalance:
+            if second.wanted:
+                second.take_down(signal.SIGTERM)
+            else:
+                second.start()
+            rebalances += 1
+            next_rebalance += a.soak_rebalance
+            last_hist = None  # the instance set changed
+    fed = time.monotonic() - t0
+    want = a.series * (points - 31)
+    counts = drain_and_count(a, run, first, want)
+    supervisor.close()
+    for inst in (first, second):
+        inst.stop()
+    distinct = sum(1 for c in counts.values() for x in c if x)
+    dups = sum(x - 1 for c in counts.values() for x in c if x > 1)
+    steady = [x for x in samples if x["t"] >= min(60.0, fed / 4)]
+    row = {
+        "seconds": fed, "rate": rate, "mode": mode, "series": a.series, "points_in": a.series * points,
+        "expected": want, "distinct_out": distinct, "lost": want - distinct, "duplicates": dups,
+        "rebalances": rebalances,
+        "rss_first_slope_mib_per_h": slope_per_hour([(x["t"], x["rss_first_mib"]) for x in steady]),
+        "rss_first_mib_start": steady[0]["rss_first_mib"] if steady else float("nan"),
+        "rss_first_mib_end": steady[-1]["rss_first_mib"] if steady else float("nan"),
+        "lag_slope_per_h": slope_per_hour([(x["t"], x["lag"]) for x in steady]),
+        "lag_max": max((x["lag"] for x in steady), default=float("nan")),
+        "p99_slope_ms_per_h": slope_per_hour([(x["t"], x["p99_ms"]) for x in steady]),
+        "p99_median_ms": sorted(x["p99_ms"] for x in steady if x["p99_ms"] == x["p99_ms"])[len(steady) // 2]
+        if any(x["p99_ms"] == x["p99_ms"] for x in steady) else float("nan"),
+        "samples": samples,
+    }
+    return row
+
+
+def drain_and_count(a, run, inst, want):
+    """Wait until the last buckets are flushed and every output is in, then count the
+    output per (series, ts): {series: bytearray of copies per grid index}."""
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"{run}-count-{random.getrandbits(32):08x}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    c.subscribe([f"{run}-out"])
+    counts, n, idle = {}, 0, time.monotonic()
+    deadline = time.monotonic() + a.drain_timeout * 4
+    while time.monotonic() < deadline and (n < want or time.monotonic() - idle < 15):
+        msgs = c.consume(5000, timeout=0.5)
+        for m in msgs:
+            if m.error():
+                continue
+            v = m.value()
+            if b'"event"' in v:
+                continue
+            i = v.find(b'"ts":') + 5
+            j = i
+            while v[j:j + 1].isdigit():
+                j += 1
+            idx = (int(v[i:j]) - START_MS) // 1000
+            series = m.key()
+            arr = counts.get(series)
+            if arr is None or len(arr) <= idx:
+                grown = bytearray(max(idx + 1, 2 * len(arr or b"")))
+                if arr is not None:
+                    grown[:len(arr)] = arr
+                counts[series] = arr = grown
+            if arr[idx] < 255:
+                arr[idx] += 1
+            n += 1
+        if msgs:
+            idle = time.monotonic()
+        if n and n % 1_000_000 < 5000:
+            log(f"soak: {n:,} outputs read")
+    c.close()
+    return counts
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bootstrap", required=True)
@@ -468,12 +721,32 @@ def main():
                         "(librdkafka's default is 45000)")
     p.add_argument("--strict", action="store_true", help="also fail on scores that differ from the reference")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--soak", type=float, metavar="SECONDS",
+                   help="instead of the scenarios: a soak this long at half the measured maximum load")
+    p.add_argument("--soak-rate", type=float, help="soak load in points/s (default: half the measured maximum)")
+    p.add_argument("--soak-burst", type=int, default=200_000, help="points of the unpaced burst that measures the maximum")
+    p.add_argument("--soak-rebalance", type=float, default=600.0, help="seconds between rebalances in the soak")
     p.add_argument("--explosion", type=int, metavar="SERIES",
                    help="instead of the scenarios: SERIES series x 2 points through Kafka, once with "
                         "window.max_series above SERIES and once at a tenth of it; peak RSS and evictions")
     a = p.parse_args()
     a.logdir = tempfile.mkdtemp(prefix="attnwatch-chaos-")
     log(f"logs in {a.logdir}")
+    if a.soak:
+        r = soak(a)
+        print(f"\n| soak | mode | load (points/s) | series | points in | expected out | distinct out | lost | duplicates "
+              f"| rebalances | RSS of the first instance: start / end (MiB), slope | consumer lag: max, slope "
+              f"| end-to-end p99: median, slope |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {r['seconds'] / 60:.0f} min | {r['mode']} | {r['rate']:,.0f} | {r['series']} | {r['points_in']:,} "
+              f"| {r['expected']:,} | {r['distinct_out']:,} | {r['lost']:,} | {r['duplicates']:,} | {r['rebalances']} "
+              f"| {r['rss_first_mib_start']:.0f} / {r['rss_first_mib_end']:.0f}, {r['rss_first_slope_mib_per_h']:+.1f} MiB/h "
+              f"| {r['lag_max']:,.0f}, {r['lag_slope_per_h']:+,.0f} /h "
+              f"| {r['p99_median_ms']:.0f} ms, {r['p99_slope_ms_per_h']:+.1f} ms/h |")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(r, f, indent=1)
+        sys.exit(1 if r["lost"] > 0 else 0)
     if a.explosion:
         rows = [explosion(a, a.explosion, a.explosion), explosion(a, a.explosion, max(a.explosion // 10, 1))]
         print(f"\n| series x points | window.max_series | messages consumed | seconds | RSS ready (MiB) "
@@ -499,30 +772,36 @@ def main():
     rows = []
     for name in scenarios:
         bad = 0.02 if name == "malformed" else 0.0
-        if bad not in refs:
-            refs[bad] = reference(a, bad)
+        # The timers scenario's input pauses; the other timer scenarios share one input.
+        kind = (bad, name if name == "timers" else ("timer" if name in TIMER_SCENARIOS else ""))
+        if kind not in refs:
+            refs[kind] = reference(a, bad, name)
         for mode in modes:
             log(f"scenario {name}, {mode}")
-            rows.append(scenario(a, name, mode, refs[bad]))
+            rows.append(scenario(a, name, mode, refs[kind]))
     print(f"\n{a.series} series x {a.points} points, {a.partitions} partitions, {a.rate:.0f} points/s offered, "
           f"fault {a.fault_at:.0f} s in; output read with isolation.level=read_committed\n")
     print("| scenario | delivery | points in | records out | distinct out | duplicates | lost | extra "
+          "| stale events (of ref.) | stale dup / lost / extra "
           "| dead letters | scores ≠ reference (max Δ) | restarts | time to recover: written | time to recover: seen |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scenario']} | {r['mode']} | {r['points_in']:,} | {r['records_out']:,} | {r['distinct_out']:,} "
-              f"| {r['duplicates']:,} | {r['lost']:,} | {r['extra']:,} | {r['dead_letters']:,} "
+              f"| {r['duplicates']:,} | {r['lost']:,} | {r['extra']:,} "
+              f"| {r['stale_out']} ({r['stale_want']}) | {r['stale_duplicates']} / {r['stale_lost']} / {r['stale_extra']} "
+              f"| {r['dead_letters']:,} "
               f"| {r['scores_differing']:,} ({r['max_score_diff']:.2g}) | {r['restarts']} | {r['recover_s']:.1f} s "
               f"| {r['recover_seen_s']:.1f} s |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
-    failed = [r for r in rows if r["lost"] or r["extra"]
-              or (r["mode"] == "exactly_once" and r["duplicates"])
+    failed = [r for r in rows if r["lost"] or r["extra"] or r["stale_lost"] or r["stale_extra"]
+              or (r["mode"] == "exactly_once" and (r["duplicates"] or r["stale_duplicates"]))
               or (a.strict and r["scores_differing"])]
     for r in failed:
         log(f"FAILED: {r['scenario']} {r['mode']}: lost {r['lost']}, extra {r['extra']}, "
-            f"duplicates {r['duplicates']}, scores differing {r['scores_differing']}")
+            f"duplicates {r['duplicates']}, stale dup/lost/extra {r['stale_duplicates']}/{r['stale_lost']}/"
+            f"{r['stale_extra']}, scores differing {r['scores_differing']}")
     sys.exit(1 if failed else 0)
 
 

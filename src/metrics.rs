@@ -388,6 +388,9 @@ impl Metrics {
         for stage in STAGES {
             m.stage_busy.with_label_values(&[stage]);
         }
+        for channel in crate::flow::Channels::NAMES {
+            m.alerts.with_label_values(&[channel]);
+        }
         Ok(m)
     }
 

@@ -2,7 +2,10 @@
 //! a live attnwatch: Debian's real Prometheus server scrapes the service
 //! (the config adapted only in its target address), and every PromQL
 //! expression of the dashboard and the alert rules is run through the HTTP
-//! API. Each must parse and evaluate; the throughput panels must return data.
+//! API. Each must parse and evaluate; the throughput panels must return data;
+//! and every `attnwatch_` metric an expression names must be in the
+//! service's own `/metrics` (a misspelled name evaluates to nothing in
+//! Prometheus without an error: this is what catches it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -73,6 +76,21 @@ fn alert_exprs() -> Vec<(String, String)> {
         text.matches("- alert: ").count(),
         "one single-line expr per alert"
     );
+    out
+}
+
+/// The `attnwatch_` metric names an expression uses.
+fn names_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("attnwatch_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
     out
 }
 
@@ -180,6 +198,27 @@ async fn every_dashboard_and_alert_expression_runs_against_a_live_service() {
         have_data,
         "Prometheus never scraped attnwatch; its log:\n{log}"
     );
+
+    // Every metric an expression names is one the service exposes (a
+    // histogram through its _bucket, _sum and _count series).
+    let (_, exposed) = http_get(app.http_addr(), "/metrics").await;
+    let mut checked = 0;
+    for (source, list) in [("dashboard", dashboard_exprs()), ("alert", alert_exprs())] {
+        for (name, expr) in list {
+            for metric in names_in(&expr) {
+                let present = exposed.lines().any(|l| {
+                    l.strip_prefix(metric.as_str())
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                });
+                assert!(
+                    present,
+                    "{source} {name} names {metric}, which attnwatch's /metrics does not have: {expr}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "checked {checked} metric names");
 
     let mut ran = 0;
     for (source, list) in [("dashboard", dashboard_exprs()), ("alert", alert_exprs())] {

@@ -114,7 +114,7 @@ async fn ten_percent_garbage_is_dead_lettered_and_good_records_keep_their_pace()
         rate / clean_rate
     );
     assert!(
-        rate >= 0.3 * clean_rate,
+        rate >= 0.6 * clean_rate,
         "the garbage slowed the good records down: {rate:.0}/s against {clean_rate:.0}/s"
     );
 }

@@ -49,7 +49,12 @@ fn rust_inference_matches_the_committed_reference_within_1e_5() {
     ] {
         let want = floats(&outputs[name]);
         assert_eq!(want.len(), got.len(), "{name} length");
-        for (a, b) in got.iter().zip(&want) {
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            // A NaN on either side is a failure, not a value `max` skips.
+            assert!(
+                a.is_finite() && b.is_finite(),
+                "{name}[{i}]: got {a}, reference {b}"
+            );
             // Relative to the value's size: forecasts are in input units.
             worst = worst.max((a - b).abs() / b.abs().max(1.0));
         }

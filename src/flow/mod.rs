@@ -58,6 +58,10 @@ pub enum Mode {
     /// A message re-read to rebuild state after an assignment: run and
     /// score to rebuild forecasts and calibration, publish nothing.
     Rebuild,
+    /// The series' input partition was revoked: drop its score-stage
+    /// state (forecast, calibration, range, memory, incidents), so that if
+    /// it comes back its rebuild starts from nothing, as on a new owner.
+    Forget,
 }
 
 /// One grid time of one series: its value(s), and per feature the forecast

@@ -94,6 +94,8 @@ pub struct Shared {
     /// Whether `restore` or `revoked` holds anything (checked per message
     /// without a lock).
     pending: AtomicBool,
+    /// Whether an assignment followed the last revocation.
+    settled: AtomicBool,
 }
 
 impl Shared {
@@ -223,23 +225,34 @@ impl Shared {
         if !self.pending.load(Ordering::Acquire) {
             return Vec::new();
         }
-        for p in std::mem::take(&mut *self.revoked()) {
-            let dropped = planner.drop_partition(p);
+        let mut jobs = Vec::new();
+        // Until the assignment that follows a revocation, a revoked
+        // partition may come back to this instance with its state.
+        let settled = self.settled.load(Ordering::Acquire);
+        let revoked = if settled {
+            std::mem::take(&mut *self.revoked())
+        } else {
+            Vec::new()
+        };
+        for p in revoked {
+            let forget = planner.drop_partition(p);
             tracing::info!(
                 partition = p,
-                series = dropped,
-                "dropped the window state of a revoked partition"
+                series = forget.len(),
+                "dropped the state of a revoked partition's series"
             );
+            jobs.extend(forget);
         }
-        let mut jobs = Vec::new();
         if let Some(partition) = rebuilt {
             let marks = self.restore().remove(&partition);
             if let Some(marks) = marks {
-                jobs = planner.restore_marks(partition, &marks);
+                let restored = planner.restore_marks(partition, &marks);
+                let closed = restored.len();
+                jobs.extend(restored);
                 tracing::info!(
                     partition,
                     marks = marks.len(),
-                    closed = jobs.len(),
+                    closed,
                     "restored the idle timers' marks after the rebuild"
                 );
             }
@@ -348,6 +361,14 @@ impl IngestContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
+            // A partition revoked from this instance and assigned back to it
+            // in the same rebalance keeps its state: it resumes at its
+            // committed offset, with nothing to rebuild.
+            let kept = committed_offset.is_some() && {
+                let mut revoked = shared.revoked();
+                let at = revoked.iter().position(|p| *p == partition);
+                at.map(|i| revoked.remove(i)).is_some()
+            };
             if shared.delivery == Delivery::ExactlyOnce {
                 let metadata = committed
                     .as_ref()
@@ -357,13 +378,20 @@ impl IngestContext {
                     .unwrap_or_default();
                 let marks = super::marks::decode(&metadata);
                 if committed_offset.is_some() && !marks.is_empty() {
-                    // Carried over until the rebuild restores them.
+                    // Carried over until the rebuild restores them (a kept
+                    // partition's state still has them).
                     shared.marks().insert(partition, metadata);
-                    shared.restore().insert(partition, marks);
-                    shared.pending.store(true, Ordering::Release);
+                    if !kept {
+                        shared.restore().insert(partition, marks);
+                        shared.pending.store(true, Ordering::Release);
+                    }
                 }
             }
             let start = match committed_offset {
+                Some(c) if kept => {
+                    shared.replay_until().remove(&partition);
+                    Offset::Offset(c)
+                }
                 Some(c) => {
                     let low = consumer
                         .fetch_watermarks(topic, partition, BROKER_CALL_TIMEOUT)
@@ -381,8 +409,10 @@ impl IngestContext {
                 shared.metrics.error("kafka", &e);
             }
             let generation = shared.tracker().assign(partition);
-            tracing::info!(topic, partition, ?start, committed = ?committed_offset, generation, "partition assigned");
+            tracing::info!(topic, partition, ?start, committed = ?committed_offset, generation, kept, "partition assigned");
         }
+        // The rebalance is settled: the loop may drop what stays revoked.
+        shared.settled.store(true, Ordering::Release);
         if let Err(e) = consumer.assign(&assignment) {
             shared.metrics.error("kafka", &format!("assign: {e}"));
         }
@@ -455,6 +485,7 @@ impl IngestContext {
             shared.marks().remove(&elem.partition());
             shared.restore().remove(&elem.partition());
             shared.revoked().push(elem.partition());
+            shared.settled.store(false, Ordering::Release);
             shared.pending.store(true, Ordering::Release);
             let _ = shared
                 .metrics
@@ -506,6 +537,7 @@ pub fn consumer(
         restore: Mutex::new(HashMap::new()),
         revoked: Mutex::new(Vec::new()),
         pending: AtomicBool::new(false),
+        settled: AtomicBool::new(true),
     });
     let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
     let mut c = client_config(cfg);

@@ -182,11 +182,37 @@ impl Planner {
     }
 
     /// Drop the window state of every series of a revoked `partition`, its
-    /// timers with it; returns how many series.
-    pub fn drop_partition(&mut self, partition: i32) -> usize {
-        let n = self.windows.drop_partition(partition);
+    /// timers with it; returns the jobs that tell the model stage to drop
+    /// their score state too ([`Mode::Forget`]).
+    pub fn drop_partition(&mut self, partition: i32) -> Vec<Job> {
+        let keys = self.windows.drop_partition(partition);
         self.report();
-        n
+        keys.into_iter()
+            .map(|key| {
+                let series: Arc<str> = match key.split_once(FEATURE_SEP) {
+                    Some((series, _)) => Arc::from(series),
+                    None => Arc::from(key.as_str()),
+                };
+                Job {
+                    series,
+                    ts: 0,
+                    value: None,
+                    labels: self.no_labels.clone(),
+                    features: vec![FeatureJob {
+                        feature: self.value_feature.clone(),
+                        key: Arc::from(key),
+                        value: 0.0,
+                        step: None,
+                        filled: true,
+                        run: None,
+                        interval: 0,
+                    }],
+                    token: Token::UNTRACKED,
+                    source_ts_ms: None,
+                    mode: Mode::Forget,
+                }
+            })
+            .collect()
     }
 
     /// Restore the committed timer marks of `partition` after its rebuild:

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::reload::Reload;
 use super::Forecaster;
 use crate::flow::forecast::{Explanation, Forecast, Shape};
-use crate::flow::{DeadLetter, FeatureScore, Job, Outgoing, ScoredPoint};
+use crate::flow::{DeadLetter, FeatureScore, Job, Mode, Outgoing, ScoredPoint};
 use crate::metrics::Metrics;
 use crate::score::{Scorer, Value};
 use crate::window::Window;
@@ -168,6 +168,12 @@ fn process_job(
     stats: &mut BatchStats,
     metrics: Option<&Metrics>,
 ) -> Option<Outgoing> {
+    if job.mode == Mode::Forget {
+        for f in &job.features {
+            scorer.forget(&f.key);
+        }
+        return None;
+    }
     let mut features = Vec::with_capacity(job.features.len());
     let mut missing = 0usize;
     for f in &mut job.features {

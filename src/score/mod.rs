@@ -190,6 +190,11 @@ impl Scorer {
         self.series.len()
     }
 
+    /// Forget everything about series `key` (its partition was revoked).
+    pub fn forget(&mut self, key: &str) {
+        self.series.pop(key);
+    }
+
     /// Forget the forecast of series `key` (its run failed): its values are
     /// unscored until the next run.
     pub fn drop_forecast(&mut self, key: &str) {

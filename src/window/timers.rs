@@ -62,9 +62,9 @@ pub struct Mark {
 
 impl Windows {
     /// Drop every series of input `partition` (it was revoked: another
-    /// instance owns it now), with its open buckets and timers. Returns how
-    /// many were dropped.
-    pub fn drop_partition(&mut self, partition: i32) -> usize {
+    /// instance owns it now), with its open buckets and timers. Returns the
+    /// keys dropped.
+    pub fn drop_partition(&mut self, partition: i32) -> Vec<String> {
         let keys: Vec<String> = self
             .series
             .iter()
@@ -77,7 +77,7 @@ impl Windows {
             }
         }
         self.dirty.remove(&partition);
-        keys.len()
+        keys
     }
 
     /// Partitions whose marks changed since the last call.
@@ -270,7 +270,7 @@ mod tests {
         let mut win = Windows::new(settings());
         feed(&mut win, "a", 0, 5);
         feed(&mut win, "b", 1, 5);
-        assert_eq!(win.drop_partition(0), 1);
+        assert_eq!(win.drop_partition(0), vec!["a".to_string()]);
         assert_eq!(win.series(), 1);
         let swept = win.sweep(60 * MIN, TIMERS);
         assert_eq!(swept.flushed.len(), 1);
