@@ -246,7 +246,8 @@ impl App {
                 .settings(contract.window, contract.min_points, config.model.stride),
             FeatureSet(None),
             metrics.clone(),
-        );
+        )
+        .with_limits(config.ingest.limits());
         let ingest = tokio::spawn(kafka::run(
             consumer.clone(),
             store.clone(),

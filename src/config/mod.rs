@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod cli;
+mod ingest;
 mod kafka;
 mod model;
 mod publish;
@@ -18,6 +19,7 @@ mod score;
 mod server;
 mod window;
 
+pub use ingest::IngestConfig;
 pub use kafka::{Delivery, KafkaConfig};
 pub use model::{ModelConfig, Provider};
 pub use publish::{AttentionDetail, PublishConfig};
@@ -62,6 +64,9 @@ pub struct Config {
     /// Kafka connection, topics and delivery.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Bounds on every input record.
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// Per-series grid, lateness and state bounds.
     #[serde(default)]
     pub window: WindowConfig,
@@ -101,6 +106,7 @@ macro_rules! default_from_serde {
 default_from_serde!(
     WindowConfig,
     KafkaConfig,
+    IngestConfig,
     ModelConfig,
     ScoreConfig,
     PublishConfig,
@@ -199,6 +205,7 @@ impl Config {
                 problems.push("kafka.transactional_id must not be empty when set".into());
             }
         }
+        self.ingest.problems(&mut problems);
         let w = &self.window;
         if w.interval.is_some_and(|d| d.as_millis() == 0) {
             problems.push("window.interval must be at least 1ms".into());
@@ -369,6 +376,41 @@ mod tests {
         .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("loop") && msg.contains("max_batch"), "{msg}");
+    }
+
+    #[test]
+    fn input_limits_have_sane_defaults_and_are_validated() {
+        let c = Config::from_toml_and_env("", env(&[])).unwrap();
+        let l = c.ingest.limits();
+        assert_eq!(l, crate::ingest::decode::Limits::DEFAULT);
+        assert_eq!(
+            (
+                l.max_message_bytes,
+                l.max_series_bytes,
+                l.max_labels,
+                l.max_label_bytes
+            ),
+            (1_048_576, 256, 32, 256)
+        );
+        let c = Config::from_toml_and_env(
+            "[ingest]\nmax_series_bytes = 64\nmax_labels = 0\n",
+            env(&[("ATTNWATCH__INGEST__MAX_MESSAGE_BYTES", "4096")]),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.max_series_bytes, 64);
+        assert_eq!(c.ingest.max_labels, 0);
+        assert_eq!(c.ingest.max_message_bytes, 4096);
+        let e = Config::from_toml_and_env(
+            "[ingest]\nmax_message_bytes = 0\nmax_series_bytes = 0\nmax_label_bytes = 0\n",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["max_message_bytes", "max_series_bytes", "max_label_bytes"] {
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::from_toml_and_env("[ingest]\nmax_lables = 3\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("max_lables"), "{e}");
     }
 
     #[test]
