@@ -198,7 +198,7 @@ fn main() {
             kafka_ts_ms: None,
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let decoded = decode::decode(&payload, &FeatureSet(None));
+            let decoded = decode::decode(&payload, &FeatureSet(None), &decode::Limits::DEFAULT);
             let plan = planner.plan(&payload, Some(b"k"), meta, i as i64);
             (decoded, plan)
         }));

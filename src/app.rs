@@ -38,7 +38,7 @@ use crate::model::{reload, Forecaster, ModelError};
 use crate::publish::{self, PublishSettings, Publisher};
 use crate::recent::Recent;
 use crate::score::Scorer;
-use crate::server::{self, Health};
+use crate::server::{self, Access, Health, TokenError};
 
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub enum AppError {
     /// The producer could not be created.
     #[error("kafka producer: {0}")]
     Producer(rdkafka::error::KafkaError),
+    /// The API token named by `[server]` could not be read.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The HTTP server could not bind.
     #[error("http server on {addr}")]
     Http {
@@ -99,6 +102,8 @@ impl App {
     /// Load the model, connect to Kafka, start every stage. Returns once the
     /// service is running; cancel `shutdown` to stop it.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, AppError> {
+        // The token first: a missing secret fails at once, before the model load.
+        let access = Access::from_config(&config.server)?;
         let metrics = Metrics::new()?;
         let health = Arc::new(Health::default());
         let lib = crate::model::library::find(&config.model)
@@ -139,19 +144,16 @@ impl App {
             .ui
             .enabled
             .then(|| Arc::new(std::sync::Mutex::new(Recent::new(&config.ui))));
-        let (http_addr, http_task) = server::serve(
-            config.server.listen,
-            metrics.clone(),
-            health.clone(),
-            recent.clone(),
-            http_shutdown.clone(),
-        )
-        .await
-        .map_err(|source| AppError::Http {
-            addr: config.server.listen,
-            source,
-        })?;
-        tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
+        let access_rules = access.describe();
+        let router = server::router(metrics.clone(), health.clone(), recent.clone(), access);
+        let (http_addr, http_task) =
+            server::serve(config.server.listen, router, http_shutdown.clone())
+                .await
+                .map_err(|source| AppError::Http {
+                    addr: config.server.listen,
+                    source,
+                })?;
+        tracing::info!(%http_addr, access = %access_rules, "serving /metrics, /healthz, /readyz");
 
         // Kafka clients.
         let (consumer, shared) = kafka::consumer(&config.kafka, metrics.clone())?;
@@ -247,7 +249,8 @@ impl App {
                 .settings(contract.window, contract.min_points, config.model.stride),
             FeatureSet(None),
             metrics.clone(),
-        );
+        )
+        .with_limits(config.ingest.limits());
         let ingest = tokio::spawn(consume::run(
             consumer.clone(),
             store.clone(),

@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::ingest::decode::Reason;
+use crate::server::auth::Endpoint;
 
 /// Kafka messages consumed from the input topic.
 pub const RECORDS_CONSUMED: &str = "attnwatch_records_consumed_total";
@@ -86,6 +87,9 @@ pub const BUCKETS_FLUSHED: &str = "attnwatch_buckets_flushed_idle_total";
 pub const SERIES_STALE: &str = "attnwatch_series_stale_total";
 /// What the web page keeps, by `kind`: `series`, `points`, `anomalies`.
 pub const UI_HELD: &str = "attnwatch_ui_held";
+/// HTTP requests refused for want of the API token (401), by `endpoint`:
+/// `page`, `api`, `metrics`, `health`. Not logged one by one.
+pub const HTTP_UNAUTHORIZED: &str = "attnwatch_http_unauthorized_total";
 /// Errors by kind (kafka, delivery, inference, commit, ...).
 pub const ERRORS: &str = "attnwatch_errors_total";
 
@@ -160,6 +164,8 @@ pub struct Metrics {
     pub series_stale: IntCounter,
     /// [`MODEL_RELOADS`], label `result`.
     pub model_reloads: IntCounterVec,
+    /// [`HTTP_UNAUTHORIZED`], label `endpoint`.
+    pub http_unauthorized: IntCounterVec,
 }
 
 /// Stages timed under [`STAGE_BUSY`].
@@ -365,6 +371,11 @@ impl Metrics {
                 "Model hot reloads: kept_calibration, reset_calibration, refused, failed.",
                 "result",
             )?,
+            http_unauthorized: counter_vec(
+                HTTP_UNAUTHORIZED,
+                "HTTP requests refused (401) for want of the API token, by endpoint.",
+                "endpoint",
+            )?,
             registry,
         };
         for reason in Reason::ALL_CODES.iter().chain(&["no_forecast"]) {
@@ -381,6 +392,9 @@ impl Metrics {
         }
         for kind in ["series", "points", "anomalies"] {
             m.ui_held.with_label_values(&[kind]);
+        }
+        for endpoint in Endpoint::ALL {
+            m.http_unauthorized.with_label_values(&[endpoint.as_str()]);
         }
         for kind in ERROR_KINDS {
             m.errors.with_label_values(&[kind]);
@@ -445,6 +459,7 @@ mod tests {
             CONSUMER_LAG,
             ACTIVE_SERIES,
             MODEL_INFO,
+            HTTP_UNAUTHORIZED,
             ERRORS,
         ] {
             assert!(text.contains(name), "{name} missing");

@@ -94,8 +94,12 @@ async fn ten_percent_garbage_is_dead_lettered_and_good_records_keep_their_pace()
         assert!(d.headers.contains_key("attnwatch.error"));
         *reasons.entry(reason.clone()).or_default() += 1;
     }
-    // Every reason the decoder gives without a feature list.
-    assert_eq!(reasons.len(), 10, "{reasons:?}");
+    // Every reason the decoder gives at its default bounds without a
+    // feature list (all but unknown_feature and message_too_large).
+    assert_eq!(reasons.len(), 13, "{reasons:?}");
+    for code in ["series_too_long", "too_many_labels", "label_too_long"] {
+        assert!(reasons.contains_key(code), "{code}: {reasons:?}");
+    }
     // The good points are scored exactly as without the garbage.
     let key = |g: &Got| {
         let v = g.json();

@@ -179,3 +179,134 @@ fn more_replicas_than_partitions_is_refused() {
     let e = render(&["workload.kind=DaemonSet"]).unwrap_err();
     assert!(e.contains("workload.kind must be"), "{e}");
 }
+
+fn container(docs: &[Value]) -> &Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_sequence()
+        .map(|s| s.iter().map(|e| e["name"].as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn config_of(docs: &[Value]) -> Config {
+    let toml = one(docs, "ConfigMap")["data"]["attnwatch.toml"]
+        .as_str()
+        .unwrap();
+    Config::from_toml_and_env(toml, Vec::<(String, String)>::new()).unwrap()
+}
+
+#[test]
+fn no_api_token_by_default_renders_nothing_for_it() {
+    let docs = render(&[]).unwrap();
+    let c = container(&docs);
+    assert!(!names(&c["env"]).contains(&"ATTNWATCH_API_TOKEN"));
+    assert_eq!(names(&c["volumeMounts"]), ["config"]);
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(names(&pod["volumes"]), ["config"]);
+    let cfg = config_of(&docs);
+    assert_eq!(cfg.server.token_source(), None);
+    assert!(!cfg.server.protect_metrics);
+    let toml = one(&docs, "ConfigMap")["data"]["attnwatch.toml"]
+        .as_str()
+        .unwrap();
+    assert!(!toml.contains("token"), "{toml}");
+    // Setting only the other apiToken values changes nothing either.
+    let same = render(&["apiToken.key=other", "apiToken.mountAs=env"]).unwrap();
+    assert_eq!(same, docs);
+}
+
+#[test]
+fn api_token_from_an_existing_secret_as_a_file() {
+    let docs = render(&["apiToken.existingSecret=attnwatch-api", "apiToken.key=tok"]).unwrap();
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "api-token")
+        .expect("a secret volume");
+    assert_eq!(volume["secret"]["secretName"], "attnwatch-api");
+    assert_eq!(volume["secret"]["items"][0]["key"], "tok");
+    assert_eq!(volume["secret"]["items"][0]["path"], "token");
+    let c = container(&docs);
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "api-token")
+        .expect("mounted");
+    assert_eq!(mount["mountPath"], "/run/secrets/attnwatch");
+    assert_eq!(mount["readOnly"], true);
+    assert!(!names(&c["env"]).contains(&"ATTNWATCH_API_TOKEN"));
+    // The config names the mounted file, never the token.
+    let cfg = config_of(&docs);
+    assert_eq!(
+        cfg.server.token_source(),
+        Some(attnwatch::config::TokenSource::File(
+            "/run/secrets/attnwatch/token".into()
+        ))
+    );
+    assert!(!cfg.server.protect_metrics && !cfg.server.protect_health);
+    // The probes still reach the open health endpoints.
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+}
+
+#[test]
+fn api_token_from_an_existing_secret_as_an_env_var_and_on_metrics() {
+    let docs = render(&[
+        "apiToken.existingSecret=attnwatch-api",
+        "apiToken.mountAs=env",
+        "apiToken.protectMetrics=true",
+        "prometheusAnnotations=false",
+        "serviceMonitor.enabled=true",
+    ])
+    .unwrap();
+    let c = container(&docs);
+    let var = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ATTNWATCH_API_TOKEN")
+        .expect("the token's variable");
+    assert!(var["value"].is_null(), "from the Secret, not a literal");
+    assert_eq!(var["valueFrom"]["secretKeyRef"]["name"], "attnwatch-api");
+    assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], "token");
+    assert_eq!(names(&c["volumeMounts"]), ["config"]);
+    let cfg = config_of(&docs);
+    assert_eq!(
+        cfg.server.token_source(),
+        Some(attnwatch::config::TokenSource::Env(
+            "ATTNWATCH_API_TOKEN".into()
+        ))
+    );
+    assert!(cfg.server.protect_metrics && !cfg.server.protect_health);
+    // Prometheus (through the ServiceMonitor) sends the token; the scrape
+    // annotations, which cannot, are off.
+    let auth = &one(&docs, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer");
+    assert_eq!(auth["credentials"]["name"], "attnwatch-api");
+    assert_eq!(auth["credentials"]["key"], "token");
+    let ann = &one(&docs, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    assert!(ann["prometheus.io/scrape"].is_null());
+    // Without protectMetrics the ServiceMonitor sends nothing.
+    let docs = render(&[
+        "apiToken.existingSecret=attnwatch-api",
+        "serviceMonitor.enabled=true",
+    ])
+    .unwrap();
+    assert!(one(&docs, "ServiceMonitor")["spec"]["endpoints"][0]["authorization"].is_null());
+}
+
+#[test]
+fn api_token_values_that_cannot_work_are_refused() {
+    let e = render(&["apiToken.existingSecret=s", "apiToken.mountAs=volume"]).unwrap_err();
+    assert!(e.contains("apiToken.mountAs must be file or env"), "{e}");
+    let e = render(&["apiToken.existingSecret=s", "apiToken.key="]).unwrap_err();
+    assert!(e.contains("apiToken.key must name"), "{e}");
+    let e = render(&["apiToken.protectMetrics=true"]).unwrap_err();
+    assert!(e.contains("needs a token"), "{e}");
+    let e = render(&["apiToken.existingSecret=s", "apiToken.protectMetrics=true"]).unwrap_err();
+    assert!(e.contains("prometheusAnnotations=false"), "{e}");
+}

@@ -1,9 +1,11 @@
 //! The web page in a real headless Chromium (Debian's `chromium`, installed
 //! by `scripts/setup`), against a live attnwatch fed through the real
-//! broker: the JSON API answers, the page lists the anomalies, a mouse
-//! click on one draws its explanation (the heatmap's pixels are checked),
-//! and the series filter works. The screenshots are kept under
-//! `target/ui-screenshots/`.
+//! broker, with an API token: the JSON API answers only with the token, the
+//! page asks for it (a wrong one is refused), then lists the anomalies, a
+//! mouse click on one draws its explanation (the heatmap's pixels are
+//! checked), the token also works from the address (`/#token=...`), and
+//! the series filter works. Without a token the page is served directly.
+//! The screenshots are kept under `target/ui-screenshots/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -27,10 +29,32 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
     let names = Names::new("ui");
     create_topics(&names, 1).await;
     let shutdown = CancellationToken::new();
-    let cfg = config(&names);
+    // The API token, from a file, as a mounted Secret would give it.
+    let token = unique("ui-t0ken");
+    let token_file = std::env::temp_dir().join(unique("attnwatch-ui-token"));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut cfg = config(&names);
+    cfg.server.token_file = Some(token_file.clone());
     let keep = cfg.ui.points_per_series;
     let app = App::start(cfg, shutdown.clone()).await.unwrap();
+    std::fs::remove_file(&token_file).unwrap();
     let addr = app.http_addr();
+    let http_get = |addr, path: &str| {
+        let (path, token) = (path.to_string(), token.clone());
+        async move { http_get_with(addr, &path, Some(&token)).await }
+    };
+    // Without the token (or with another one): 401, the page and the API.
+    for path in ["/", "/api/anomalies", "/api/series"] {
+        for wrong in [None, Some("ui-t0ken")] {
+            let (status, body) = http_get_with(addr, path, wrong).await;
+            assert_eq!(status, 401, "{path}: {body}");
+            assert!(!body.contains(&token));
+        }
+    }
+    // /metrics and the health endpoints stay open (the defaults).
+    for path in ["/metrics", "/healthz"] {
+        assert_eq!(common::http_get(addr, path).await.0, 200, "{path}");
+    }
 
     // Two series with a spike each, through Kafka.
     let n = contract().window + 300;
@@ -80,6 +104,10 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
     assert_eq!(http_get(addr, "/api/series/nope").await.0, 404);
     assert_eq!(http_get(addr, "/api/anomalies/999999").await.0, 404);
     let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("attnwatch_http_unauthorized_total{endpoint=\"page\"} 2"),
+        "{metrics}"
+    );
     let held = |kind: &str| -> i64 {
         metrics
             .lines()
@@ -95,7 +123,7 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
 
     // The page, in the browser.
     let url = format!("http://{addr}/");
-    let shots = tokio::task::spawn_blocking(move || browse(&url))
+    let shots = tokio::task::spawn_blocking(move || browse(&url, &token))
         .await
         .unwrap();
     for s in &shots {
@@ -106,9 +134,65 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
     app.wait().await.unwrap();
 }
 
-/// Drive the page: wait for the list, click the first anomaly, check the
-/// heatmap, filter by series. Returns the screenshots taken.
-fn browse(url: &str) -> Vec<PathBuf> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_page_is_served_directly_and_reads_the_api() {
+    let names = Names::new("ui-open");
+    create_topics(&names, 1).await;
+    let shutdown = CancellationToken::new();
+    let app = App::start(config(&names), shutdown.clone()).await.unwrap();
+    let addr = app.http_addr();
+    for path in ["/", "/api/anomalies", "/metrics"] {
+        assert_eq!(http_get(addr, path).await.0, 200, "{path}");
+    }
+    let url = format!("http://{addr}/");
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        b.call("Page.enable", json!({}));
+        b.call("Page.navigate", json!({ "url": url }));
+        // The page's first API read succeeded (the list is empty).
+        let status = b.wait_for(
+            "document.getElementById('status')?.textContent || ''",
+            |v| v.as_str().is_some_and(|s| s.starts_with("updated")),
+        );
+        assert!(status.as_str().unwrap().starts_with("updated"));
+        let unlock = b.eval("document.getElementById('unlock') === null");
+        assert_eq!(unlock, json!(true), "no token asked for");
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    app.wait().await.unwrap();
+}
+
+/// A real mouse click in the middle of the element `selector`.
+fn click(b: &mut Browser, selector: &str) -> Value {
+    let rect = b.eval(&format!(
+        "JSON.stringify((() => {{ const e = document.querySelector({selector:?}); const r = e.getBoundingClientRect(); \
+         return {{x: r.x + r.width / 2, y: r.y + r.height / 2, id: e.dataset.id}}; }})())"
+    ));
+    let rect: Value = serde_json::from_str(rect.as_str().unwrap()).unwrap();
+    for kind in ["mousePressed", "mouseReleased"] {
+        b.call(
+            "Input.dispatchMouseEvent",
+            json!({"type": kind, "x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}),
+        );
+    }
+    rect
+}
+
+/// Type `text` into the input `id` (replacing what it holds).
+fn type_into(b: &mut Browser, id: &str, text: &str) {
+    b.eval(&format!(
+        "(() => {{ const e = document.getElementById({id:?}); e.value = ''; e.focus(); return true; }})()"
+    ));
+    b.call("Input.insertText", json!({ "text": text }));
+}
+
+/// Drive the page: it asks for the token (a wrong one is refused), then
+/// lists the anomalies; click the first anomaly, check the heatmap; open it
+/// again with the token in the address; filter by series. Returns the
+/// screenshots taken.
+fn browse(url: &str, token: &str) -> Vec<PathBuf> {
     let mut b = Browser::launch();
     b.call("Page.enable", json!({}));
     b.call(
@@ -120,23 +204,50 @@ fn browse(url: &str) -> Vec<PathBuf> {
     std::fs::create_dir_all(&dir).unwrap();
     let mut shots = Vec::new();
 
+    // Without a token the page asks for one; a wrong one is refused.
+    b.wait_for("document.getElementById('unlock') !== null", |v| {
+        v.as_bool() == Some(true)
+    });
+    type_into(&mut b, "token", "not-the-token");
+    click(&mut b, "#open");
+    b.wait_for("document.getElementById('unlock-error').textContent", |v| {
+        v.as_str().is_some_and(|s| s.contains("not accepted"))
+    });
+    b.screenshot(&dir.join("0-token-refused.png"));
+    type_into(&mut b, "token", token);
+    click(&mut b, "#open");
+
     let rows = b.wait_for("document.querySelectorAll('#list tr').length", |v| {
         v.as_u64().unwrap_or(0) >= 2
     });
     shots.push(b.screenshot(&dir.join("1-anomaly-list.png")));
+    let kept = b.eval("sessionStorage.getItem('attnwatch.token')");
+    assert_eq!(
+        kept.as_str(),
+        Some(token),
+        "kept in the tab's sessionStorage"
+    );
+
+    // A fresh load with the token in the address only (the fragment never
+    // reaches the server): the page opens, and the token leaves the address.
+    b.eval("sessionStorage.clear(), true");
+    b.call("Page.navigate", json!({ "url": "about:blank" }));
+    b.wait_for("location.href", |v| v == "about:blank");
+    b.call(
+        "Page.navigate",
+        json!({ "url": format!("{url}#token={token}") }),
+    );
+    b.wait_for("document.querySelectorAll('#list tr').length", |v| {
+        v.as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(
+        b.eval("location.hash"),
+        json!(""),
+        "the token left the address"
+    );
 
     // A real mouse click in the middle of the first row.
-    let rect = b.eval(
-        "JSON.stringify((() => { const r = document.querySelector('#list tr').getBoundingClientRect(); \
-         return {x: r.x + r.width / 2, y: r.y + r.height / 2, id: document.querySelector('#list tr').dataset.id}; })())",
-    );
-    let rect: Value = serde_json::from_str(rect.as_str().unwrap()).unwrap();
-    for kind in ["mousePressed", "mouseReleased"] {
-        b.call(
-            "Input.dispatchMouseEvent",
-            json!({"type": kind, "x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}),
-        );
-    }
+    let rect = click(&mut b, "#list tr");
     let drawn = b.wait_for("document.body.dataset.drawn || ''", |v| {
         v.as_str().is_some_and(|s| !s.is_empty())
     });

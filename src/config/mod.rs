@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod cli;
+mod ingest;
 mod kafka;
 mod model;
 mod publish;
@@ -18,11 +19,12 @@ mod score;
 mod server;
 mod window;
 
+pub use ingest::IngestConfig;
 pub use kafka::{Delivery, KafkaConfig};
 pub use model::{ModelConfig, Provider};
 pub use publish::{AttentionDetail, PublishConfig};
 pub use score::{Channel, ScoreConfig};
-pub use server::{ServerConfig, ShutdownConfig, UiConfig};
+pub use server::{ServerConfig, ShutdownConfig, TokenSource, UiConfig};
 pub use window::{Aggregation, Fill, WindowConfig};
 
 /// Errors raised while loading or validating the configuration (fatal).
@@ -62,6 +64,9 @@ pub struct Config {
     /// Kafka connection, topics and delivery.
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// Bounds on every input record.
+    #[serde(default)]
+    pub ingest: IngestConfig,
     /// Per-series grid, lateness and state bounds.
     #[serde(default)]
     pub window: WindowConfig,
@@ -74,7 +79,7 @@ pub struct Config {
     /// What is published for each scored point.
     #[serde(default)]
     pub publish: PublishConfig,
-    /// The HTTP server for metrics and health.
+    /// The HTTP server (metrics, health, the page) and its access control.
     #[serde(default)]
     pub server: ServerConfig,
     /// The web page and its JSON API.
@@ -101,6 +106,7 @@ macro_rules! default_from_serde {
 default_from_serde!(
     WindowConfig,
     KafkaConfig,
+    IngestConfig,
     ModelConfig,
     ScoreConfig,
     PublishConfig,
@@ -199,6 +205,8 @@ impl Config {
                 problems.push("kafka.transactional_id must not be empty when set".into());
             }
         }
+        self.ingest.problems(&mut problems);
+        self.server.problems(&mut problems);
         let w = &self.window;
         if w.interval.is_some_and(|d| d.as_millis() == 0) {
             problems.push("window.interval must be at least 1ms".into());
@@ -369,6 +377,99 @@ mod tests {
         .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("loop") && msg.contains("max_batch"), "{msg}");
+    }
+
+    #[test]
+    fn input_limits_have_sane_defaults_and_are_validated() {
+        let c = Config::from_toml_and_env("", env(&[])).unwrap();
+        let l = c.ingest.limits();
+        assert_eq!(l, crate::ingest::decode::Limits::DEFAULT);
+        assert_eq!(
+            (
+                l.max_message_bytes,
+                l.max_series_bytes,
+                l.max_labels,
+                l.max_label_bytes
+            ),
+            (1_048_576, 256, 32, 256)
+        );
+        let c = Config::from_toml_and_env(
+            "[ingest]\nmax_series_bytes = 64\nmax_labels = 0\n",
+            env(&[("ATTNWATCH__INGEST__MAX_MESSAGE_BYTES", "4096")]),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.max_series_bytes, 64);
+        assert_eq!(c.ingest.max_labels, 0);
+        assert_eq!(c.ingest.max_message_bytes, 4096);
+        let e = Config::from_toml_and_env(
+            "[ingest]\nmax_message_bytes = 0\nmax_series_bytes = 0\nmax_label_bytes = 0\n",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["max_message_bytes", "max_series_bytes", "max_label_bytes"] {
+            assert!(e.contains(key), "{e}");
+        }
+        let e = Config::from_toml_and_env("[ingest]\nmax_lables = 3\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("max_lables"), "{e}");
+    }
+
+    #[test]
+    fn the_token_is_named_never_written_and_its_settings_are_validated() {
+        let c = Config::from_toml_and_env("", env(&[])).unwrap();
+        assert_eq!(c.server.token_source(), None);
+        assert!(!c.server.protect_metrics && !c.server.protect_health);
+        let c = Config::from_toml_and_env(
+            "[server]\ntoken_file = \"/run/secrets/attnwatch-token\"\nprotect_metrics = true\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.token_source(),
+            Some(TokenSource::File("/run/secrets/attnwatch-token".into()))
+        );
+        let c = Config::from_toml_and_env(
+            "",
+            env(&[
+                ("ATTNWATCH__SERVER__TOKEN_ENV", "\"ATTNWATCH_API_TOKEN\""),
+                ("ATTNWATCH__SERVER__PROTECT_HEALTH", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.token_source(),
+            Some(TokenSource::Env("ATTNWATCH_API_TOKEN".into()))
+        );
+        assert!(c.server.protect_health);
+        // The token itself has no key.
+        let e = Config::from_toml_and_env("[server]\ntoken = \"s3cret\"\n", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        for (toml, want) in [
+            (
+                "token_file = \"/a\"\ntoken_env = \"B\"",
+                "at most one of server.token_file and server.token_env",
+            ),
+            ("token_file = \"\"", "server.token_file must not be empty"),
+            ("token_env = \"\"", "server.token_env must be"),
+            ("token_env = \"A=B\"", "server.token_env must be"),
+            (
+                "token_env = \"ATTNWATCH__X\"",
+                "must not start with ATTNWATCH__",
+            ),
+            (
+                "protect_metrics = true",
+                "server.protect_metrics needs a token",
+            ),
+            (
+                "protect_health = true",
+                "server.protect_health needs a token",
+            ),
+        ] {
+            let e = Config::from_toml_and_env(&format!("[server]\n{toml}\n"), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::decode::{self, FeatureSet, Sample, Values};
+use super::decode::{self, FeatureSet, Limits, Sample, Values};
 use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, StaleEvent, Token};
 use crate::metrics::Metrics;
 use crate::window::{Counters, Emitted, IdleTimers, Mark, Settings, Windows};
@@ -60,6 +60,7 @@ pub fn shard_of(series: &str, shards: usize) -> usize {
 pub struct Planner {
     windows: Windows,
     features: FeatureSet,
+    limits: Limits,
     metrics: Metrics,
     /// Window counters already reported to the metrics.
     reported: Counters,
@@ -70,16 +71,24 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// A planner with the given window-stage settings.
+    /// A planner with the given window-stage settings and the default
+    /// input [`Limits`].
     pub fn new(settings: Settings, features: FeatureSet, metrics: Metrics) -> Self {
         Planner {
             windows: Windows::new(settings),
             features,
+            limits: Limits::DEFAULT,
             metrics,
             reported: Counters::default(),
             value_feature: Arc::from("value"),
             no_labels: Arc::new(BTreeMap::new()),
         }
+    }
+
+    /// The same planner with other input bounds (`[ingest]`).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Decode `payload` and place its samples at processing time `now_ms`.
@@ -113,7 +122,7 @@ impl Planner {
     ) -> Plan {
         let mut plan = Plan::default();
         let publish = mode == Mode::Publish;
-        for item in decode::decode(payload, &self.features) {
+        for item in decode::decode(payload, &self.features, &self.limits) {
             match item {
                 Ok(sample) => {
                     if publish {
@@ -517,6 +526,39 @@ mod tests {
         assert_eq!(job.features[1].value, 6.0);
         assert_eq!(job.features[1].run.as_ref().unwrap().values, vec![4.0, 6.0]);
         assert!(job.publishes());
+    }
+
+    #[test]
+    fn records_over_the_configured_limits_are_dead_lettered_with_their_reason() {
+        let m = Metrics::new().unwrap();
+        let limits = Limits {
+            max_message_bytes: 60,
+            max_series_bytes: 3,
+            ..Limits::DEFAULT
+        };
+        let mut p = Planner::new(settings(2), FeatureSet::default(), m.clone()).with_limits(limits);
+        assert_eq!(p.plan(&msg("abc", 0), None, meta(0), 0).outputs(), 0);
+        let long = msg("abcd", 1);
+        let plan = p.plan(&long, Some(b"abcd"), meta(1), 0);
+        assert_eq!(plan.dead_letters.len(), 1);
+        let d = &plan.dead_letters[0];
+        assert_eq!(
+            (d.reason, d.bytes.as_slice()),
+            ("series_too_long", &long[..])
+        );
+        assert!(d.detail.contains("ingest.max_series_bytes"), "{}", d.detail);
+        let one = String::from_utf8(msg("abc", 2)).unwrap();
+        let big = format!("[{one},{one}]");
+        let plan = p.plan(big.as_bytes(), None, meta(2), 0);
+        assert_eq!(plan.dead_letters[0].reason, "message_too_large");
+        for (code, n) in [("series_too_long", 1), ("message_too_large", 1)] {
+            assert_eq!(
+                m.dead_lettered.with_label_values(&[code]).get(),
+                n,
+                "{code}"
+            );
+        }
+        assert_eq!(m.samples.get(), 1);
     }
 
     #[test]

@@ -105,8 +105,11 @@ impl Rng {
 }
 
 /// The ways a record is malformed, rotated through: one for each reason
-/// the decoder gives without a feature list (`unknown_feature` needs one).
-const BAD_KINDS: [&str; 10] = [
+/// the decoder gives at its default bounds without a feature list
+/// (`unknown_feature` needs one, and `message_too_large` a message over
+/// 1 MiB, more than a broker accepts by default). `S` stands for the
+/// series id.
+const BAD_TEMPLATES: [&str; 10] = [
     "{not json",
     r#"{"series":"S","ts":"not a time","value":1}"#,
     r#"{"series":"S","ts":1700000000000}"#,
@@ -118,6 +121,35 @@ const BAD_KINDS: [&str; 10] = [
     r#"{"series":"S","ts":-5,"value":1}"#,
     r#"{"series":"S","ts":1700000000000,"value":1,"extra":1}"#,
 ];
+
+/// How many kinds of malformed record there are: the templates, then a
+/// series id, a label count and a label value each one over its bound.
+const BAD_KINDS: usize = BAD_TEMPLATES.len() + 3;
+
+/// Malformed record number `kind` (modulo [`BAD_KINDS`]) of `series`.
+fn bad_record(kind: usize, series: &str) -> String {
+    let limits = crate::ingest::decode::Limits::DEFAULT;
+    let with_labels = |labels: String| {
+        format!(r#"{{"series":"{series}","ts":1700000000000,"value":1,"labels":{{{labels}}}}}"#)
+    };
+    match kind % BAD_KINDS {
+        k if k < BAD_TEMPLATES.len() => BAD_TEMPLATES[k].replace('S', series),
+        10 => {
+            let long = format!("{series}/{}", "x".repeat(limits.max_series_bytes));
+            format!(r#"{{"series":"{long}","ts":1700000000000,"value":1}}"#)
+        }
+        11 => with_labels(
+            (0..=limits.max_labels)
+                .map(|i| format!(r#""k{i}":"v""#))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => with_labels(format!(
+            r#""k":"{}""#,
+            "v".repeat(limits.max_label_bytes + 1)
+        )),
+    }
+}
 
 /// One series' shape.
 struct Shape {
@@ -202,7 +234,7 @@ pub async fn run(spec: &LoadSpec, mut progress: impl FnMut(u64)) -> Result<LoadR
             let mut records = Vec::with_capacity(k);
             for t in t0..(t0 + k).min(spec.points) {
                 if rng.uniform() < spec.bad_rate {
-                    records.push(BAD_KINDS[bad_kind % BAD_KINDS.len()].replace('S', &s.name));
+                    records.push(bad_record(bad_kind, &s.name));
                     bad_kind += 1;
                     report.bad += 1;
                 }
@@ -334,19 +366,24 @@ mod tests {
 
     #[test]
     fn every_bad_kind_is_rejected_by_the_decoder() {
-        use crate::ingest::decode::{decode, FeatureSet};
+        use crate::ingest::decode::{decode, FeatureSet, Limits, Reason};
         let mut reasons = std::collections::BTreeSet::new();
-        for bad in BAD_KINDS {
-            let bad = bad.replace('S', "s1");
-            let out = decode(bad.as_bytes(), &FeatureSet::default());
+        for kind in 0..BAD_KINDS {
+            let bad = bad_record(kind, "s1");
+            let out = decode(bad.as_bytes(), &FeatureSet::default(), &Limits::DEFAULT);
             assert!(out.iter().all(Result::is_err), "{bad} decoded");
             for e in out.into_iter().filter_map(Result::err) {
                 reasons.insert(e.reason.code());
             }
         }
-        // Every reason but unknown_feature, once each.
-        assert_eq!(reasons.len(), BAD_KINDS.len(), "{reasons:?}");
-        assert!(!reasons.contains("unknown_feature"));
+        // Every reason but unknown_feature and message_too_large, once each.
+        assert_eq!(reasons.len(), BAD_KINDS, "{reasons:?}");
+        let left: Vec<_> = Reason::ALL_CODES
+            .iter()
+            .filter(|c| !reasons.contains(*c))
+            .collect();
+        assert_eq!(left, [&"unknown_feature", &"message_too_large"]);
+        assert_eq!(bad_record(BAD_KINDS, "s1"), bad_record(0, "s1"), "rotated");
     }
 }
 

@@ -1,6 +1,12 @@
 //! The web page at `/` and its JSON API, read from the bounded store of
 //! [`crate::recent`]. Every asset is in the binary (no CDN).
 //!
+//! With an API token ([`crate::server::auth`]), a request for `/` without
+//! it gets [`UNLOCK`] (with 401): a small page that takes the token from
+//! the address (`/#token=...`) or a form, keeps it in the tab's
+//! sessionStorage, and loads the page with it; the page then sends it as
+//! `Authorization: Bearer` on every `/api/*` request.
+//!
 //! - `GET /api/anomalies?series=S&limit=N`: recent anomalies, newest first,
 //!   of series whose id contains S (default: all; N at most 1000, default 100);
 //! - `GET /api/anomalies/{id}`: one anomaly with its explanation: the
@@ -21,6 +27,10 @@ use crate::flow::Channels;
 use crate::recent::{Anomaly, PointView, SharedRecent};
 
 const INDEX: &str = include_str!("index.html");
+
+/// The page served with 401 in place of `/` when the request lacks the API
+/// token: it asks for the token, then loads the page with it.
+pub const UNLOCK: &str = include_str!("unlock.html");
 
 /// The page's routes.
 pub fn routes(recent: SharedRecent) -> Router {

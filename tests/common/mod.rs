@@ -221,7 +221,21 @@ pub fn sample(series: &str, ts: i64, v: f64) -> Vec<u8> {
 
 /// GET a path on the service's HTTP server.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let resp = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    http_get_with(addr, path, None).await
+}
+
+/// GET a path on the service's HTTP server, with `token` as the bearer
+/// token if given.
+pub async fn http_get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
 }

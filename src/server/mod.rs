@@ -1,8 +1,11 @@
 //! HTTP server: `/metrics` (Prometheus text format), `/healthz` (the
 //! process is alive), `/readyz` (model loaded and warm, partitions
 //! assigned), and, with `ui.enabled`, the web page and its JSON API
-//! ([`crate::ui`]). It owns no pipeline state; it reads [`Health`], the
-//! metrics registry and the page's store.
+//! ([`crate::ui`]), every route behind the access rules of [`auth`] (an
+//! optional bearer token). It owns no pipeline state; it reads [`Health`],
+//! the metrics registry and the page's store.
+
+pub mod auth;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +15,14 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::recent::SharedRecent;
+
+pub use auth::{Access, ApiToken, Endpoint, TokenError};
 
 /// Readiness flags set by the pipeline.
 #[derive(Debug, Default)]
@@ -71,17 +76,22 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
-/// Bind `addr` and serve until `shutdown` is cancelled. Returns the bound
-/// address (useful with port 0) and the server task.
-pub async fn serve(
-    addr: SocketAddr,
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// Every route: metrics, health, the page and its API when `recent` is
+/// given, and a 404 fallback, all behind `access`.
+pub fn router(
     metrics: Metrics,
     health: Arc<Health>,
     recent: Option<SharedRecent>,
-    shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+    access: Access,
+) -> Router {
+    let guard = auth::Guard {
+        access,
+        metrics: metrics.clone(),
+    };
     let mut app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
@@ -90,8 +100,21 @@ pub async fn serve(
     if let Some(recent) = recent {
         app = app.merge(crate::ui::routes(recent));
     }
+    app.fallback(not_found)
+        .layer(middleware::from_fn_with_state(guard, auth::guard))
+}
+
+/// Bind `addr` and serve `router` until `shutdown` is cancelled. Returns
+/// the bound address (useful with port 0) and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
+        let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(e) = result {
@@ -100,3 +123,6 @@ pub async fn serve(
     });
     Ok((bound, task))
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,13 @@
 //! Pure. A Kafka message holds one JSON object or an array of them. Each
 //! object is decoded on its own: a bad element is rejected with a
 //! [`DecodeError`] carrying its original bytes, and the good elements of the
-//! same message still go through. A message that is not JSON at all is
-//! rejected whole.
+//! same message still go through. A message that is not JSON at all, or
+//! that is larger than [`Limits::max_message_bytes`] (checked before any
+//! parsing), is rejected whole.
+//!
+//! Every input is bounded ([`Limits`]): the message size, the length of a
+//! series id, the number of labels and the length of each label key and
+//! value. A record over a bound is rejected like any other bad record.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +20,38 @@ use serde_json::{Map, Value};
 pub const MIN_TS_MS: i64 = 0;
 /// Latest accepted timestamp (epoch ms): 2200-01-01.
 pub const MAX_TS_MS: i64 = 7_258_118_400_000;
+
+/// Bounds on what one input record may hold (`[ingest]` in the config).
+/// Lengths are in bytes of UTF-8 (after JSON unescaping); a value exactly at
+/// its bound is accepted, one byte (or label) more is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest Kafka message payload, checked before it is parsed.
+    pub max_message_bytes: usize,
+    /// Longest series id.
+    pub max_series_bytes: usize,
+    /// Most labels on one record.
+    pub max_labels: usize,
+    /// Longest label key, and longest label value.
+    pub max_label_bytes: usize,
+}
+
+impl Limits {
+    /// The defaults: 1 MiB per message, 256 bytes per series id, 32 labels,
+    /// 256 bytes per label key or value.
+    pub const DEFAULT: Limits = Limits {
+        max_message_bytes: 1024 * 1024,
+        max_series_bytes: 256,
+        max_labels: 32,
+        max_label_bytes: 256,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
 
 /// The value(s) of a sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +112,40 @@ pub enum Reason {
     /// A feature name that the model does not declare.
     #[error("unknown feature \"{0}\"")]
     UnknownFeature(String),
+    /// The whole message is larger than `ingest.max_message_bytes` (not parsed).
+    #[error("message of {size} bytes is over ingest.max_message_bytes ({max})")]
+    MessageTooLarge {
+        /// The message's size in bytes.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The series id is longer than `ingest.max_series_bytes`.
+    #[error("series id of {len} bytes is over ingest.max_series_bytes ({max})")]
+    SeriesTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// More labels than `ingest.max_labels`.
+    #[error("{count} labels, over ingest.max_labels ({max})")]
+    TooManyLabels {
+        /// How many labels the record has.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A label key or value longer than `ingest.max_label_bytes`.
+    #[error("label {part} of {len} bytes is over ingest.max_label_bytes ({max})")]
+    LabelTooLong {
+        /// `key` or `value`.
+        part: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 impl Reason {
@@ -92,11 +163,16 @@ impl Reason {
             Reason::WrongType(_) => "wrong_type",
             Reason::UnknownField(_) => "unknown_field",
             Reason::UnknownFeature(_) => "unknown_feature",
+            Reason::MessageTooLarge { .. } => "message_too_large",
+            Reason::SeriesTooLong { .. } => "series_too_long",
+            Reason::TooManyLabels { .. } => "too_many_labels",
+            Reason::LabelTooLong { .. } => "label_too_long",
         }
     }
 
-    /// Every reason code, for pre-registering metrics.
-    pub const ALL_CODES: [&'static str; 11] = [
+    /// Every reason code the decoder gives, in the order of the variants,
+    /// for pre-registering metrics. (The model stage adds `no_forecast`.)
+    pub const ALL_CODES: [&'static str; 15] = [
         "invalid_json",
         "not_an_object",
         "missing_series",
@@ -108,6 +184,10 @@ impl Reason {
         "wrong_type",
         "unknown_field",
         "unknown_feature",
+        "message_too_large",
+        "series_too_long",
+        "too_many_labels",
+        "label_too_long",
     ];
 }
 
@@ -125,36 +205,52 @@ pub struct DecodeError {
 #[derive(Debug, Clone, Default)]
 pub struct FeatureSet(pub Option<Vec<String>>);
 
-/// Decode one Kafka message payload into samples and rejections.
-pub fn decode(payload: &[u8], features: &FeatureSet) -> Vec<Result<Sample, DecodeError>> {
+/// Decode one Kafka message payload into samples and rejections. A payload
+/// over `limits.max_message_bytes` is rejected whole before it is parsed.
+pub fn decode(
+    payload: &[u8],
+    features: &FeatureSet,
+    limits: &Limits,
+) -> Vec<Result<Sample, DecodeError>> {
     let reject = |bytes: &[u8], reason| {
         Err(DecodeError {
             bytes: bytes.to_vec(),
             reason,
         })
     };
+    if payload.len() > limits.max_message_bytes {
+        let reason = Reason::MessageTooLarge {
+            size: payload.len(),
+            max: limits.max_message_bytes,
+        };
+        return vec![reject(payload, reason)];
+    }
     let trimmed = payload.trim_ascii_start();
     if trimmed.first() == Some(&b'[') {
         match serde_json::from_slice::<Vec<&RawValue>>(payload) {
             Ok(items) => items
                 .into_iter()
-                .map(|raw| decode_object(raw.get().as_bytes(), features))
+                .map(|raw| decode_object(raw.get().as_bytes(), features, limits))
                 .collect(),
             Err(e) => vec![reject(payload, Reason::InvalidJson(e.to_string()))],
         }
     } else {
-        vec![decode_object(payload, features)]
+        vec![decode_object(payload, features, limits)]
     }
 }
 
-fn decode_object(bytes: &[u8], features: &FeatureSet) -> Result<Sample, DecodeError> {
-    parse_sample(bytes, features).map_err(|reason| DecodeError {
+fn decode_object(
+    bytes: &[u8],
+    features: &FeatureSet,
+    limits: &Limits,
+) -> Result<Sample, DecodeError> {
+    parse_sample(bytes, features, limits).map_err(|reason| DecodeError {
         bytes: bytes.to_vec(),
         reason,
     })
 }
 
-fn parse_sample(bytes: &[u8], features: &FeatureSet) -> Result<Sample, Reason> {
+fn parse_sample(bytes: &[u8], features: &FeatureSet, limits: &Limits) -> Result<Sample, Reason> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| Reason::InvalidJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
@@ -165,6 +261,12 @@ fn parse_sample(bytes: &[u8], features: &FeatureSet) -> Result<Sample, Reason> {
         Some(Value::String(_)) | None => return Err(Reason::MissingSeries),
         Some(_) => return Err(Reason::WrongType("series")),
     };
+    if series.len() > limits.max_series_bytes {
+        return Err(Reason::SeriesTooLong {
+            len: series.len(),
+            max: limits.max_series_bytes,
+        });
+    }
     let ts = parse_ts(obj.remove("ts"))?;
     let values = match (obj.remove("value"), obj.remove("values")) {
         (Some(v), None) => Values::Single(finite(&v, "value")?),
@@ -174,13 +276,7 @@ fn parse_sample(bytes: &[u8], features: &FeatureSet) -> Result<Sample, Reason> {
     };
     let labels = match obj.remove("labels") {
         None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::Object(map)) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k, s)),
-                _ => Err(Reason::WrongType("labels")),
-            })
-            .collect::<Result<_, _>>()?,
+        Some(Value::Object(map)) => parse_labels(map, limits)?,
         Some(_) => return Err(Reason::WrongType("labels")),
     };
     if let Some(field) = obj.keys().next() {
@@ -192,6 +288,37 @@ fn parse_sample(bytes: &[u8], features: &FeatureSet) -> Result<Sample, Reason> {
         values,
         labels,
     })
+}
+
+fn parse_labels(
+    map: Map<String, Value>,
+    limits: &Limits,
+) -> Result<BTreeMap<String, String>, Reason> {
+    if map.len() > limits.max_labels {
+        return Err(Reason::TooManyLabels {
+            count: map.len(),
+            max: limits.max_labels,
+        });
+    }
+    let too_long = |part, len| Reason::LabelTooLong {
+        part,
+        len,
+        max: limits.max_label_bytes,
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            if k.len() > limits.max_label_bytes {
+                return Err(too_long("key", k.len()));
+            }
+            match v {
+                Value::String(s) if s.len() > limits.max_label_bytes => {
+                    Err(too_long("value", s.len()))
+                }
+                Value::String(s) => Ok((k, s)),
+                _ => Err(Reason::WrongType("labels")),
+            }
+        })
+        .collect()
 }
 
 fn parse_features(
@@ -259,135 +386,4 @@ fn parse_ts(v: Option<Value>) -> Result<i64, Reason> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn one(s: &str) -> Result<Sample, Reason> {
-        let mut v = decode(s.as_bytes(), &FeatureSet::default());
-        assert_eq!(v.len(), 1);
-        v.remove(0).map_err(|e| {
-            assert_eq!(e.bytes, s.trim().as_bytes());
-            e.reason
-        })
-    }
-
-    fn code(s: &str) -> &'static str {
-        one(s).unwrap_err().code()
-    }
-
-    #[test]
-    fn valid_single_value() {
-        let s = one(r#"{"series":"web-01/cpu","ts":1700000000000,"value":0.73}"#).unwrap();
-        assert_eq!(s.series, "web-01/cpu");
-        assert_eq!(s.ts, 1_700_000_000_000);
-        assert_eq!(s.values, Values::Single(0.73));
-        assert!(s.labels.is_empty());
-    }
-
-    #[test]
-    fn valid_rfc3339_multi_and_labels() {
-        let s = one(r#"{"series":"pump-7","ts":"2024-05-01T12:00:00Z","values":{"pressure":3.1,"flow":0.4},"labels":{"site":"a"}}"#)
-            .unwrap();
-        assert_eq!(s.ts, 1_714_564_800_000);
-        assert_eq!(
-            s.values,
-            Values::Multi(vec![("flow".into(), 0.4), ("pressure".into(), 3.1)])
-        );
-        assert_eq!(s.labels["site"], "a");
-        let s = one(r#"{"series":"x","ts":"2024-05-01T14:00:00.250+02:00","value":1}"#).unwrap();
-        assert_eq!(s.ts, 1_714_564_800_250);
-    }
-
-    #[test]
-    fn array_of_objects_is_decoded_element_by_element() {
-        let msg = br#"[{"series":"a","ts":1,"value":1},{"series":"a","ts":2},{"series":"a","ts":3,"value":3}]"#;
-        let out = decode(msg, &FeatureSet::default());
-        assert_eq!(out.len(), 3);
-        assert!(out[0].is_ok() && out[2].is_ok());
-        let bad = out[1].as_ref().unwrap_err();
-        assert_eq!(bad.reason, Reason::MissingValue);
-        assert_eq!(bad.bytes, br#"{"series":"a","ts":2}"#);
-    }
-
-    #[test]
-    fn every_class_of_bad_input() {
-        assert_eq!(code("{not json"), "invalid_json");
-        assert_eq!(code(""), "invalid_json");
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":NaN}"#), "invalid_json");
-        assert_eq!(code("42"), "not_an_object");
-        assert_eq!(code(r#"{"ts":1,"value":1}"#), "missing_series");
-        assert_eq!(code(r#"{"series":"","ts":1,"value":1}"#), "missing_series");
-        assert_eq!(code(r#"{"series":7,"ts":1,"value":1}"#), "wrong_type");
-        assert_eq!(code(r#"{"series":"a","value":1}"#), "missing_timestamp");
-        assert_eq!(
-            code(r#"{"series":"a","ts":"yesterday","value":1}"#),
-            "bad_timestamp"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":1.5,"value":1}"#),
-            "bad_timestamp"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":-5,"value":1}"#),
-            "timestamp_out_of_range"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":99999999999999999,"value":1}"#),
-            "timestamp_out_of_range"
-        );
-        assert_eq!(code(r#"{"series":"a","ts":true,"value":1}"#), "wrong_type");
-        assert_eq!(code(r#"{"series":"a","ts":1}"#), "missing_value");
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"value":null}"#),
-            "missing_value"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"value":1,"values":{"b":1}}"#),
-            "missing_value"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"values":{}}"#),
-            "missing_value"
-        );
-        assert_eq!(code(r#"{"series":"a","ts":1,"value":"3"}"#), "wrong_type");
-        assert_eq!(code(r#"{"series":"a","ts":1,"values":[1]}"#), "wrong_type");
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"value":1e300}"#),
-            "non_finite_value"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"value":1,"labels":{"k":1}}"#),
-            "wrong_type"
-        );
-        assert_eq!(
-            code(r#"{"series":"a","ts":1,"value":1,"extra":1}"#),
-            "unknown_field"
-        );
-    }
-
-    #[test]
-    fn declared_features_are_enforced() {
-        let fs = FeatureSet(Some(vec!["flow".into()]));
-        let out = decode(br#"{"series":"a","ts":1,"values":{"heat":1}}"#, &fs);
-        assert_eq!(
-            out[0].as_ref().unwrap_err().reason.code(),
-            "unknown_feature"
-        );
-        assert!(decode(br#"{"series":"a","ts":1,"values":{"flow":1}}"#, &fs)[0].is_ok());
-    }
-
-    #[test]
-    fn whole_array_that_is_not_json_is_one_rejection() {
-        let out = decode(b"[{\"series\":", &FeatureSet::default());
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].as_ref().unwrap_err().reason.code(), "invalid_json");
-    }
-
-    #[test]
-    fn every_code_is_listed() {
-        let codes = [code("{"), code("1"), code("{}"), code(r#"{"series":"a"}"#)];
-        for c in codes {
-            assert!(Reason::ALL_CODES.contains(&c), "{c}");
-        }
-    }
-}
+mod tests;
