@@ -70,6 +70,8 @@ TIMER_SCENARIOS = {"timers", "scale_out", "scale_in"}
 FLUSH_S, STALE_S = 2, 5
 MODES = ["at_least_once", "exactly_once"]
 START_MS = 1_700_000_000_000
+# A series' values before this one are its warm-up (the model's min_points).
+MIN_POINTS = 32
 
 
 def log(*a):
@@ -186,11 +188,15 @@ grace = "30s"
 """
 
 
-def create_topics(a, run):
+def create_topics(a, run, retention_ms=None):
     admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    # A long soak keeps only the last minutes of its topics (the counter reads
+    # the output as it comes), so that the broker's disk stays bounded.
+    keep = {"retention.ms": str(retention_ms), "segment.ms": str(max(retention_ms // 4, 10_000))} \
+        if retention_ms else {}
     topics = [
-        NewTopic(f"{run}-in", a.partitions, 1),
-        NewTopic(f"{run}-out", a.partitions, 1, config={"message.timestamp.type": "LogAppendTime"}),
+        NewTopic(f"{run}-in", a.partitions, 1, config=dict(keep)),
+        NewTopic(f"{run}-out", a.partitions, 1, config={"message.timestamp.type": "LogAppendTime", **keep}),
         NewTopic(f"{run}-dlq", 1, 1, config={"message.timestamp.type": "LogAppendTime"}),
     ]
     for t, f in admin.create_topics(topics, operation_timeout=30).items():
@@ -551,6 +557,11 @@ def quantile(delta, q):
     return prev_le
 
 
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
 def slope_per_hour(samples):
     """Least-squares slope of (seconds, value) samples, per hour."""
     pts = [(t, v) for t, v in samples if v == v]
@@ -566,7 +577,7 @@ def slope_per_hour(samples):
 
 
 def measure_max(a, timers_text):
-    """Points per second one instance scores from a backlog (the unpaced burst)."""
+    """Points per second one instance scores and publishes from a backlog (the unpaced burst)."""
     run = f"chaos-max-{random.getrandbits(32):08x}"
     create_topics(a, run)
     inst = Instance(a.binary, config_text(a, run, "at_least_once", f"{run}-a") + timers_text, run, a.logdir)
@@ -578,8 +589,9 @@ def measure_max(a, timers_text):
     want = a.series * points
     t0, start_count = None, 0
     deadline = time.monotonic() + a.drain_timeout * 3
+    want = a.series * (points - MIN_POINTS)
     while time.monotonic() < deadline:
-        done = metric(inst.http, "attnwatch_records_consumed_total") or 0
+        done = metric(inst.http, "attnwatch_records_published_total") or 0
         if t0 is None and done > 0:
             t0, start_count = time.monotonic(), done
         if done >= want:
@@ -588,7 +600,7 @@ def measure_max(a, timers_text):
     seconds = time.monotonic() - (t0 or time.monotonic())
     inst.stop()
     rate = (done - start_count) / max(seconds, 1e-3)
-    log(f"soak: measured maximum {rate:,.0f} points/s ({done:,.0f} of {want:,} consumed in {seconds:.1f} s)")
+    log(f"soak: measured maximum {rate:,.0f} points/s ({done:,.0f} of {want:,} published in {seconds:.1f} s)")
     return rate
 
 
@@ -596,16 +608,23 @@ def soak(a):
     timers_text = '\n[window]\nflush_after = "5s"\nstale_after = "600s"\n'
     rate = a.soak_rate or 0.5 * measure_max(a, timers_text)
     run = f"chaos-soak-{random.getrandbits(32):08x}"
-    create_topics(a, run)
+    create_topics(a, run, retention_ms=300_000 if a.soak > 600 else None)
     mode = a.modes.split(",")[0] if a.modes else "at_least_once"
-    text = config_text(a, run, mode, f"{run}-a") + timers_text
-    first = Instance(a.binary, text, f"{run}-a", a.logdir)
-    second = Instance(a.binary, config_text(a, run, mode, f"{run}-b") + timers_text, f"{run}-b", a.logdir)
+    # A rebuild re-reads the model's window for every series of a partition
+    # (the README's rule), not the whole partition as in the scenarios.
+    rebuild = 2048 * -(-a.series // a.partitions)
+
+    def text(name):
+        return (config_text(a, run, mode, f"{run}-{name}") + timers_text).replace(
+            "rebuild_messages = 1000000", f"rebuild_messages = {rebuild}")
+    first = Instance(a.binary, text("a"), f"{run}-a", a.logdir)
+    second = Instance(a.binary, text("b"), f"{run}-b", a.logdir)
     first.start()
     first.wait_ready()
     points = max(int(rate * a.soak / a.series), 64)
     log(f"soak: {a.soak:.0f} s at {rate:,.0f} points/s ({a.series} series x {points:,} points, 1 s grid), "
         f"{mode}, a second instance joining and leaving every {a.soak_rebalance:.0f} s")
+    counter = Counter(a, run)
     gen = loadgen(a, run, 0.0, paced=True, points=points, interval="1s", rate=rate)
     supervisor = Supervisor([first, second])
     t0 = time.monotonic()
@@ -638,8 +657,8 @@ def soak(a):
             next_rebalance += a.soak_rebalance
             last_hist = None  # the instance set changed
     fed = time.monotonic() - t0
-    want = a.series * (points - 31)
-    counts = drain_and_count(a, run, first, want)
+    want = a.series * (points - MIN_POINTS)
+    counts = counter.finish(want, time.monotonic() + a.drain_timeout * 4)
     supervisor.close()
     for inst in (first, second):
         inst.stop()
@@ -656,52 +675,62 @@ def soak(a):
         "lag_slope_per_h": slope_per_hour([(x["t"], x["lag"]) for x in steady]),
         "lag_max": max((x["lag"] for x in steady), default=float("nan")),
         "p99_slope_ms_per_h": slope_per_hour([(x["t"], x["p99_ms"]) for x in steady]),
-        "p99_median_ms": sorted(x["p99_ms"] for x in steady if x["p99_ms"] == x["p99_ms"])[len(steady) // 2]
-        if any(x["p99_ms"] == x["p99_ms"] for x in steady) else float("nan"),
+        "p99_median_ms": median([x["p99_ms"] for x in steady if x["p99_ms"] == x["p99_ms"]]),
         "samples": samples,
     }
     return row
 
 
-def drain_and_count(a, run, inst, want):
-    """Wait until the last buckets are flushed and every output is in, then count the
-    output per (series, ts): {series: bytearray of copies per grid index}."""
-    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"{run}-count-{random.getrandbits(32):08x}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    c.subscribe([f"{run}-out"])
-    counts, n, idle = {}, 0, time.monotonic()
-    deadline = time.monotonic() + a.drain_timeout * 4
-    while time.monotonic() < deadline and (n < want or time.monotonic() - idle < 15):
-        msgs = c.consume(5000, timeout=0.5)
-        for m in msgs:
-            if m.error():
-                continue
-            v = m.value()
-            if b'"event"' in v:
-                continue
-            i = v.find(b'"ts":') + 5
-            j = i
-            while v[j:j + 1].isdigit():
-                j += 1
-            idx = (int(v[i:j]) - START_MS) // 1000
-            series = m.key()
-            arr = counts.get(series)
-            if arr is None or len(arr) <= idx:
-                grown = bytearray(max(idx + 1, 2 * len(arr or b"")))
-                if arr is not None:
-                    grown[:len(arr)] = arr
-                counts[series] = arr = grown
-            if arr[idx] < 255:
-                arr[idx] += 1
-            n += 1
-        if msgs:
-            idle = time.monotonic()
-        if n and n % 1_000_000 < 5000:
-            log(f"soak: {n:,} outputs read")
-    c.close()
-    return counts
+class Counter:
+    """The output topic counted as it comes, per (series, ts): {series: bytearray of
+    copies per grid index}. Started before the feed, so that a soak can keep only the
+    last minutes of its topics."""
 
+    def __init__(self, a, run):
+        self.c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"{run}-count-{random.getrandbits(32):08x}",
+                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                           "isolation.level": "read_committed"})
+        self.c.subscribe([f"{run}-out"])
+        self.counts, self.n, self.last_new = {}, 0, time.monotonic()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            msgs = self.c.consume(5000, timeout=0.5)
+            for m in msgs:
+                if m.error():
+                    continue
+                v = m.value()
+                if b'"event"' in v:
+                    continue
+                i = v.find(b'"ts":') + 5
+                j = i
+                while v[j:j + 1].isdigit():
+                    j += 1
+                idx = (int(v[i:j]) - START_MS) // 1000
+                series = m.key()
+                arr = self.counts.get(series)
+                if arr is None or len(arr) <= idx:
+                    grown = bytearray(max(idx + 1, 2 * len(arr or b"")))
+                    if arr is not None:
+                        grown[:len(arr)] = arr
+                    self.counts[series] = arr = grown
+                if arr[idx] < 255:
+                    arr[idx] += 1
+                self.n += 1
+            if msgs:
+                self.last_new = time.monotonic()
+
+    def finish(self, want, deadline):
+        """Wait until `want` outputs and 15 s without a new one, or the deadline."""
+        while time.monotonic() < deadline and (self.n < want or time.monotonic() - self.last_new < 15):
+            time.sleep(0.5)
+        self.stopping.set()
+        self.thread.join(10)
+        self.c.close()
+        return self.counts
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
