@@ -32,11 +32,30 @@ const WATCH: Duration = Duration::from_secs(15);
 /// The service logs a repeated error at most once per this.
 const LOG_EVERY_SECS: u64 = 10;
 
+/// A config file in a directory of its own, removed (with the directory)
+/// when dropped, also when a test fails.
+struct ConfigFile(PathBuf);
+
+impl std::ops::Deref for ConfigFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// A config file for the service: the SASL_SSL listener, `names`' topics,
 /// the committed model, HTTP on an ephemeral port; `ca` as
 /// `ssl.ca.location` and `password` (a TOML inline table: `{ file = ... }`
 /// or `{ env = ... }`) as the `sasl.password` secret option.
-fn config_file(names: &Names, sasl: &Sasl, ca: &Path, password: toml::Table) -> PathBuf {
+fn config_file(names: &Names, sasl: &Sasl, ca: &Path, password: toml::Table) -> ConfigFile {
     let table = |pairs: Vec<(&str, toml::Value)>| -> toml::Value {
         toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     };
@@ -80,13 +99,7 @@ fn config_file(names: &Names, sasl: &Sasl, ca: &Path, password: toml::Table) -> 
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("attnwatch.toml");
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
-fn remove_config(config: &Path) {
-    if let Some(dir) = config.parent() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    ConfigFile(path)
 }
 
 fn source(kind: &str, value: &str) -> toml::Table {
@@ -289,7 +302,6 @@ async fn with_the_password_file_and_the_ca_it_consumes_and_publishes_over_sasl_s
         !log.iter().any(|l| l.contains(password.trim())),
         "the password was logged"
     );
-    remove_config(&config);
 }
 
 /// Start the service with `config` and `env`, which cannot connect: it
@@ -352,7 +364,6 @@ async fn stays_up_unready_and_quiet(
         !log.iter().any(|l| l.contains(secret)),
         "a secret was logged: {report}"
     );
-    remove_config(config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,7 +422,7 @@ fn a_secret_that_cannot_be_read_stops_startup_with_a_clear_error_and_is_never_pr
     );
     let out = Command::new(binary)
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(&*config)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -422,14 +433,13 @@ fn a_secret_that_cannot_be_read_stops_startup_with_a_clear_error_and_is_never_pr
             && stderr.contains(&format!("file {}", missing.display())),
         "{stderr}"
     );
-    remove_config(&config);
 
     // A variable: unset, the same; set, check-config reads it but shows
     // only where it comes from.
     let config = config_file(&names, &sasl, &sasl.ca, source("env", "ATTNWATCH_TEST_PW"));
     let out = Command::new(binary)
         .arg("check-config")
-        .arg(&config)
+        .arg(&*config)
         .env_remove("ATTNWATCH_TEST_PW")
         .output()
         .unwrap();
@@ -444,7 +454,7 @@ fn a_secret_that_cannot_be_read_stops_startup_with_a_clear_error_and_is_never_pr
     let value = unique("secret-value");
     let out = Command::new(binary)
         .arg("check-config")
-        .arg(&config)
+        .arg(&*config)
         .env("ATTNWATCH_TEST_PW", &value)
         .output()
         .unwrap();
@@ -452,5 +462,4 @@ fn a_secret_that_cannot_be_read_stops_startup_with_a_clear_error_and_is_never_pr
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("ATTNWATCH_TEST_PW"), "{stdout}");
     assert!(!stdout.contains(&value) && !String::from_utf8_lossy(&out.stderr).contains(&value));
-    remove_config(&config);
 }

@@ -284,6 +284,7 @@ mod tests {
             .kafka
     }
 
+    /// A file in a directory of its own; [`remove`] removes both.
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "attnwatch-client-test-{}-{name}",
@@ -293,6 +294,10 @@ mod tests {
         let path = dir.join("secret");
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    fn remove(path: &std::path::Path) {
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -321,7 +326,7 @@ mod tests {
             !debug.contains("s3cret") && !debug.contains("svc-user"),
             "{debug}"
         );
-        std::fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 
     #[test]
@@ -355,7 +360,7 @@ mod tests {
         ));
         let e = secrets_from(&cfg, &|_| None).unwrap_err().to_string();
         assert!(e.contains("UTF-8") && !e.contains("not-text"), "{e}");
-        std::fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 
     #[test]
@@ -371,7 +376,7 @@ mod tests {
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("sasl.password"), Some("pw"));
         assert!(!format!("{c:?}").contains("\"pw\""));
-        std::fs::remove_file(&path).unwrap();
+        remove(&path);
     }
 
     #[test]
