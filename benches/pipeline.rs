@@ -176,8 +176,7 @@ fn main() {
     for (label, interval_ms) in [("5 min", 300_000i64), ("1 h", 3_600_000)] {
         let stride = c.model.stride;
         let all = jobs_at(&c, &engine, stride, series, warm + measured, interval_ms);
-        let split =
-            all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * interval_ms);
+        let split = all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * interval_ms);
         let (warmup, timed) = all.split_at(split);
         let scored = timed.iter().filter(|j| j.publishes()).count();
         let runs: Vec<f64> = (0..5)
@@ -186,8 +185,13 @@ fn main() {
                 let max_batch = c.model.max_batch;
                 worker::process_batch(&mut engine, &mut scorer, warmup.to_vec(), max_batch, None);
                 let t = Instant::now();
-                let (out, _) =
-                    worker::process_batch(&mut engine, &mut scorer, timed.to_vec(), max_batch, None);
+                let (out, _) = worker::process_batch(
+                    &mut engine,
+                    &mut scorer,
+                    timed.to_vec(),
+                    max_batch,
+                    None,
+                );
                 let secs = t.elapsed().as_secs_f64();
                 assert_eq!(out.len(), scored);
                 secs

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Delivery};
+use crate::ingest::client::{self, ClientError};
 use crate::ingest::consume::{self, LoopSettings, Outputs};
 use crate::ingest::decode::FeatureSet;
 use crate::ingest::kafka::{self, IngestError, OffsetStore};
@@ -104,6 +105,8 @@ impl App {
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<App, AppError> {
         // The token first: a missing secret fails at once, before the model load.
         let access = Access::from_config(&config.server)?;
+        // Secrets first: a missing one fails at once, before the model loads.
+        client::secrets(&config.kafka).map_err(IngestError::from)?;
         let metrics = Metrics::new()?;
         let health = Arc::new(Health::default());
         let lib = crate::model::library::find(&config.model)
@@ -159,7 +162,7 @@ impl App {
         let (consumer, shared) = kafka::consumer(&config.kafka, metrics.clone())?;
         let store = Arc::new(OffsetStore::new(consumer.clone(), shared));
         let publisher = Publisher::new(
-            &producer_config(&config),
+            &producer_config(&config).map_err(IngestError::from)?,
             &config.kafka.output_topic,
             store.clone(),
             metrics.clone(),
@@ -369,9 +372,10 @@ impl App {
 /// compression, which cost 9% of the service's CPU on a local broker: set
 /// `compression.type` in `[kafka.options]` where bandwidth matters more),
 /// with a local queue large enough for `publish.max_in_flight`.
-/// `[kafka.options]` apply last, so an operator can override any of them.
-pub fn producer_config(config: &Config) -> rdkafka::ClientConfig {
-    let mut pc = kafka::client_config(&config.kafka);
+/// `[kafka.options]` and `[kafka.secret_options]` apply last, so an
+/// operator can override any of them.
+pub fn producer_config(config: &Config) -> Result<rdkafka::ClientConfig, ClientError> {
+    let mut pc = client::client_config(&config.kafka)?;
     let mut delivery_timeout = config.publish.delivery_timeout;
     if config.kafka.delivery == Delivery::ExactlyOnce {
         // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
@@ -394,10 +398,8 @@ pub fn producer_config(config: &Config) -> rdkafka::ClientConfig {
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
         );
-    for (k, v) in &config.kafka.options {
-        pc.set(k, v);
-    }
-    pc
+    client::apply_options(&mut pc, &config.kafka)?;
+    Ok(pc)
 }
 
 /// The transactional id (exactly_once): `kafka.transactional_id`, or

@@ -20,6 +20,7 @@ pub mod config;
 pub mod eval;
 pub mod flow;
 pub mod ingest;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod publish;

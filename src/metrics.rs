@@ -4,7 +4,13 @@
 //! Names carry the `attnwatch_` prefix; counters end in `_total`, durations
 //! are in seconds. No metric has a per-series label: topic, partition and
 //! bounded reason codes only. Error events go through [`Metrics::error`],
-//! which both logs and counts, so the two cannot drift apart.
+//! which both logs and counts, so the two cannot drift apart; errors that
+//! repeat at the pace of a retry loop go through [`Metrics::error_limited`],
+//! which counts every one and logs at most one line per key per
+//! [`ERROR_LOG_EVERY`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -12,6 +18,7 @@ use prometheus::{
 };
 
 use crate::ingest::decode::Reason;
+use crate::log_limit::LogLimit;
 use crate::server::auth::Endpoint;
 
 /// Kafka messages consumed from the input topic.
@@ -90,8 +97,12 @@ pub const UI_HELD: &str = "attnwatch_ui_held";
 /// HTTP requests refused for want of the API token (401), by `endpoint`:
 /// `page`, `api`, `metrics`, `health`. Not logged one by one.
 pub const HTTP_UNAUTHORIZED: &str = "attnwatch_http_unauthorized_total";
-/// Errors by kind (kafka, delivery, inference, commit, ...).
+/// Errors by kind (kafka, kafka_auth, kafka_tls, delivery, inference,
+/// commit, ...).
 pub const ERRORS: &str = "attnwatch_errors_total";
+
+/// [`Metrics::error_limited`] writes at most one line per key this often.
+pub const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Handles to every metric of one service instance.
 #[derive(Clone)]
@@ -166,6 +177,9 @@ pub struct Metrics {
     pub model_reloads: IntCounterVec,
     /// [`HTTP_UNAUTHORIZED`], label `endpoint`.
     pub http_unauthorized: IntCounterVec,
+    /// The rate limit of [`Metrics::error_limited`]'s log lines, shared by
+    /// every client of this service instance.
+    pub error_log: Arc<LogLimit>,
 }
 
 /// Stages timed under [`STAGE_BUSY`].
@@ -175,9 +189,14 @@ pub const STAGES: [&str; 4] = ["ingest", "model", "score", "encode"];
 pub const RELOAD_RESULTS: [&str; 4] =
     ["kept_calibration", "reset_calibration", "refused", "failed"];
 
-/// Error kinds counted under [`ERRORS`].
-pub const ERROR_KINDS: [&str; 7] = [
+/// Error kinds counted under [`ERRORS`]: `kafka_auth` is a Kafka client
+/// failing to authenticate (SASL), `kafka_tls` one failing its TLS
+/// handshake (an untrusted broker certificate, say), `kafka` any other
+/// Kafka client error.
+pub const ERROR_KINDS: [&str; 9] = [
     "kafka",
+    "kafka_auth",
+    "kafka_tls",
     "transaction",
     "delivery",
     "inference",
@@ -377,6 +396,7 @@ impl Metrics {
                 "endpoint",
             )?,
             registry,
+            error_log: Arc::new(LogLimit::new(ERROR_LOG_EVERY)),
         };
         for reason in Reason::ALL_CODES.iter().chain(&["no_forecast"]) {
             m.dead_lettered.with_label_values(&[reason]);
@@ -417,6 +437,24 @@ impl Metrics {
     pub fn error(&self, kind: &'static str, message: &dyn std::fmt::Display) {
         tracing::warn!(kind, error = %message, "error event");
         self.errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Count an error event under `kind` (one of [`ERROR_KINDS`]) and log
+    /// it, unless a line with the same `key` was logged less than
+    /// [`ERROR_LOG_EVERY`] ago; the line then written says how many were
+    /// held back. For errors that repeat with every retry (a client that
+    /// cannot authenticate reconnects several times a second).
+    pub fn error_limited(&self, kind: &'static str, key: &str, message: &dyn std::fmt::Display) {
+        self.errors.with_label_values(&[kind]).inc();
+        if let Some(suppressed) = self.error_log.admit(key, Instant::now()) {
+            tracing::warn!(
+                kind,
+                error = %message,
+                suppressed,
+                "error event (repeats logged at most every {}s, all counted in {ERRORS})",
+                ERROR_LOG_EVERY.as_secs()
+            );
+        }
     }
 
     /// Render the registry in the Prometheus text format.

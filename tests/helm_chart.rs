@@ -310,3 +310,185 @@ fn api_token_values_that_cannot_work_are_refused() {
     let e = render(&["apiToken.existingSecret=s", "apiToken.protectMetrics=true"]).unwrap_err();
     assert!(e.contains("prometheusAnnotations=false"), "{e}");
 }
+
+/// The container's env entry named `name`, if any.
+fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// The file the pod sees for `volume`'s only item: the mount path plus the
+/// item's path, and the Secret and key it comes from.
+fn secret_file(pod_spec: &Value, volume: &str) -> (String, String, String) {
+    let c = &pod_spec["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume)
+        .unwrap_or_else(|| panic!("no mount of {volume}"));
+    assert_eq!(mount["readOnly"], true);
+    let v = pod_spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == volume)
+        .unwrap_or_else(|| panic!("no volume {volume}"));
+    let items = v["secret"]["items"].as_sequence().unwrap();
+    assert_eq!(items.len(), 1, "only the one key is mounted");
+    (
+        format!(
+            "{}/{}",
+            mount["mountPath"].as_str().unwrap(),
+            items[0]["path"].as_str().unwrap()
+        ),
+        v["secret"]["secretName"].as_str().unwrap().to_string(),
+        items[0]["key"].as_str().unwrap().to_string(),
+    )
+}
+
+const SASL_SSL: [&str; 3] = [
+    "kafka.security.protocol=SASL_SSL",
+    "kafka.security.sasl.passwordSecret.name=kafka-user",
+    "kafka.security.caSecret.name=kafka-cluster-ca-cert",
+];
+
+#[test]
+fn sasl_ssl_reads_the_password_from_a_mounted_secret_and_never_writes_it() {
+    let mut sets = SASL_SSL.to_vec();
+    sets.push("kafka.options.linger\\.ms=5");
+    let docs = render(&sets).unwrap();
+    let cm = one(&docs, "ConfigMap");
+    let toml = cm["data"]["attnwatch.toml"].as_str().unwrap();
+    let cfg = Config::from_toml_and_env(toml, Vec::<(String, String)>::new()).unwrap();
+    let o = &cfg.kafka.options;
+    assert_eq!(o["security.protocol"], "SASL_SSL");
+    assert_eq!(o["sasl.mechanism"], "SCRAM-SHA-512");
+    assert_eq!(o["sasl.username"], "attnwatch");
+    assert_eq!(o["linger.ms"], "5", "kafka.options are passed on");
+    for secret in attnwatch::config::SECRET_PROPERTIES {
+        assert!(!o.contains_key(secret), "{secret} in [kafka.options]");
+    }
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["volumeMounts"][0]["mountPath"], "/etc/attnwatch",
+        "the config mount comes first"
+    );
+
+    // The password: a file from the Secret's key, named in secret_options.
+    let (file, secret, key) = secret_file(pod, "kafka-sasl");
+    assert_eq!((secret.as_str(), key.as_str()), ("kafka-user", "password"));
+    assert_eq!(
+        cfg.kafka.secret_options["sasl.password"],
+        attnwatch::config::SecretSource::File(file.into())
+    );
+    assert!(env_var(c, "KAFKA_SASL_PASSWORD").is_none());
+    // The CA: a file from its Secret, named as ssl.ca.location.
+    let (file, secret, key) = secret_file(pod, "kafka-ca");
+    assert_eq!(
+        (secret.as_str(), key.as_str()),
+        ("kafka-cluster-ca-cert", "ca.crt")
+    );
+    assert_eq!(o["ssl.ca.location"], file);
+}
+
+#[test]
+fn sasl_ssl_can_take_the_password_from_an_env_var_of_the_secret() {
+    let mut sets = SASL_SSL.to_vec();
+    sets.push("kafka.security.sasl.passwordFrom=env");
+    sets.push("kafka.security.sasl.passwordSecret.key=sasl-password");
+    let docs = render(&sets).unwrap();
+    let toml = one(&docs, "ConfigMap")["data"]["attnwatch.toml"]
+        .as_str()
+        .unwrap();
+    let cfg = Config::from_toml_and_env(toml, Vec::<(String, String)>::new()).unwrap();
+    assert_eq!(
+        cfg.kafka.secret_options["sasl.password"],
+        attnwatch::config::SecretSource::Env("KAFKA_SASL_PASSWORD".into())
+    );
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    let var = env_var(&pod["containers"][0], "KAFKA_SASL_PASSWORD").unwrap();
+    assert!(var.get("value").is_none(), "never a literal value");
+    let r = &var["valueFrom"]["secretKeyRef"];
+    assert_eq!(r["name"], "kafka-user");
+    assert_eq!(r["key"], "sasl-password");
+    assert!(!pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "kafka-sasl"));
+    // Plain by default: no security options, no secrets, no extra mounts.
+    let docs = render(&[]).unwrap();
+    let toml = one(&docs, "ConfigMap")["data"]["attnwatch.toml"]
+        .as_str()
+        .unwrap();
+    let cfg = Config::from_toml_and_env(toml, Vec::<(String, String)>::new()).unwrap();
+    assert!(cfg.kafka.options.is_empty() && cfg.kafka.secret_options.is_empty());
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"].as_sequence().unwrap().len(), 1);
+}
+
+#[test]
+fn sasl_ssl_lints_and_keda_gets_its_authentication() {
+    let mut cmd = Command::new(helm());
+    cmd.args(["lint", "--strict"]).arg(chart());
+    for s in SASL_SSL {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut sets = SASL_SSL.to_vec();
+    sets.extend(["keda.enabled=true", "keda.authenticationRef=kafka-auth"]);
+    let docs = render(&sets).unwrap();
+    let so = one(&docs, "ScaledObject");
+    assert_eq!(
+        so["spec"]["triggers"][0]["authenticationRef"]["name"],
+        "kafka-auth"
+    );
+}
+
+#[test]
+fn secrets_in_the_config_and_incomplete_security_are_refused() {
+    for (sets, want) in [
+        (
+            vec!["kafka.security.protocol=SASL_SSL"],
+            "needs kafka.security.sasl.passwordSecret.name",
+        ),
+        (
+            vec!["kafka.options.sasl\\.password=hunter2"],
+            "kafka.options.sasl.password is a secret",
+        ),
+        (
+            vec!["kafka.security.protocol=TLS"],
+            "kafka.security.protocol must be",
+        ),
+        (
+            vec![
+                SASL_SSL[0],
+                SASL_SSL[1],
+                "kafka.security.sasl.passwordFrom=vault",
+            ],
+            "passwordFrom must be file or env",
+        ),
+        (
+            vec!["extraConfig=[kafka.options]\n\"linger.ms\" = 5"],
+            "extraConfig must not hold [kafka]",
+        ),
+        (
+            vec![SASL_SSL[0], SASL_SSL[1], "keda.enabled=true"],
+            "needs keda.authenticationRef",
+        ),
+    ] {
+        let e = render(&sets).unwrap_err();
+        assert!(e.contains(want), "{sets:?}: {e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

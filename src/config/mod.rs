@@ -20,7 +20,7 @@ mod server;
 mod window;
 
 pub use ingest::IngestConfig;
-pub use kafka::{Delivery, KafkaConfig};
+pub use kafka::{Delivery, KafkaConfig, SecretSource, SECRET_PROPERTIES};
 pub use model::{ModelConfig, Provider};
 pub use publish::{AttentionDetail, PublishConfig};
 pub use score::{Channel, ScoreConfig};
@@ -183,6 +183,7 @@ impl Config {
                     .into(),
             );
         }
+        k.option_problems(&mut problems);
         if k.rebuild_messages < 0 {
             problems.push("kafka.rebuild_messages must be >= 0".into());
         }
@@ -333,6 +334,83 @@ mod tests {
             "false"
         );
         assert_eq!(c.kafka.options["fetch.max.bytes"], "1048576");
+    }
+
+    #[test]
+    fn secret_options_name_a_file_or_a_variable_and_secrets_stay_out_of_options() {
+        let c = Config::from_toml_and_env(
+            "[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"ssl.ca.location\" = \"/ca.pem\"\n\
+             [kafka.secret_options]\n\"sasl.password\" = { file = \"/run/secrets/pw\" }\n",
+            env(&[(
+                "ATTNWATCH__KAFKA__SECRET_OPTIONS__SSL.KEY.PASSWORD__ENV",
+                "KEY_PW",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.options["ssl.ca.location"], "/ca.pem");
+        assert_eq!(
+            c.kafka.secret_options["sasl.password"],
+            SecretSource::File("/run/secrets/pw".into())
+        );
+        assert_eq!(
+            c.kafka.secret_options["ssl.key.password"],
+            SecretSource::Env("KEY_PW".into())
+        );
+        // The printed config (check-config) names the sources only.
+        let printed = toml::to_string_pretty(&c).unwrap();
+        assert!(
+            printed.contains("/run/secrets/pw") && printed.contains("KEY_PW"),
+            "{printed}"
+        );
+
+        // A secret written into the config (or into an override of
+        // kafka.options) is refused, pointing at secret_options.
+        for (text, vars) in [
+            ("[kafka.options]\n\"sasl.password\" = \"hunter2\"\n", vec![]),
+            (
+                "",
+                vec![("ATTNWATCH__KAFKA__OPTIONS__SASL.PASSWORD", "hunter2")],
+            ),
+        ] {
+            let e = Config::from_toml_and_env(text, env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("kafka.options.\"sasl.password\" is a secret")
+                    && e.contains("[kafka.secret_options]")
+                    && !e.contains("hunter2"),
+                "{e}"
+            );
+        }
+        for (text, want) in [
+            // Both a file and a variable, an unknown source, a bare string.
+            (
+                "\"sasl.password\" = { file = \"/a\", env = \"B\" }",
+                "exactly one of",
+            ),
+            (
+                "\"sasl.password\" = { path = \"/a\" }",
+                "unknown field `path`",
+            ),
+            ("\"sasl.password\" = \"hunter2\"", "found a string"),
+            ("\"sasl.password\" = { env = \"\" }", "not a usable"),
+        ] {
+            let e =
+                Config::from_toml_and_env(&format!("[kafka.secret_options]\n{text}\n"), env(&[]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                e.contains(want) && e.contains("sasl.password") && !e.contains("hunter2"),
+                "{text}: {e}"
+            );
+        }
+        let e = Config::from_toml_and_env(
+            "[kafka.options]\n\"sasl.username\" = \"a\"\n[kafka.secret_options]\n\"sasl.username\" = { env = \"U\" }\n",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("set it in one place"), "{e}");
     }
 
     #[test]

@@ -112,8 +112,11 @@ pub async fn run(
                 m
             }
             Err(e) => {
-                // Broker unreachable and similar: librdkafka reconnects; back off.
-                metrics.error("kafka", &e);
+                // Broker unreachable and similar: librdkafka reconnects at
+                // its own pace and the context has reported it; others: back off.
+                if !super::client::report_consumer_error(&metrics, &e) {
+                    continue;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}

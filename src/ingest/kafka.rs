@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer,
 };
@@ -41,6 +41,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use super::client::{self, ClientError};
 use super::offsets::{OffsetTracker, Token};
 use super::stage::Planner;
 use super::transaction::{Transactions, TxnError};
@@ -54,6 +55,9 @@ pub enum IngestError {
     /// Creating the client or subscribing failed (fatal).
     #[error("kafka setup failed: {0}")]
     Setup(#[from] KafkaError),
+    /// The client settings could not be built: a secret could not be read (fatal).
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// An exactly-once transaction failed; the service stops so that its
     /// restart rebuilds state from the committed offsets.
     #[error(transparent)]
@@ -305,9 +309,11 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.shared
-            .metrics
-            .error("kafka", &format!("{error}: {reason}"));
+        client::report_error(&self.shared.metrics, "consumer", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client::report_log(&self.shared.metrics, level, fac, message);
     }
 }
 
@@ -507,16 +513,6 @@ impl IngestContext {
 /// The consumer type used by attnwatch.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// librdkafka settings shared by consumer and producer.
-pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.options {
-        c.set(k, v);
-    }
-    c
-}
-
 /// Create the consumer and subscribe to the input topic.
 pub fn consumer(
     cfg: &KafkaConfig,
@@ -540,7 +536,7 @@ pub fn consumer(
         settled: AtomicBool::new(true),
     });
     let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
-    let mut c = client_config(cfg);
+    let mut c = client::client_config(cfg)?;
     c.set("group.id", &cfg.group_id)
         .set("enable.auto.commit", (!exactly_once).to_string())
         .set(

@@ -222,7 +222,9 @@ impl Engine {
                 "output sizes do not match the contract".into(),
             ));
         }
-        if let Some(x) = out.novelty.get_mut(1) { *x = f32::NAN; }
+        if let Some(x) = out.novelty.get_mut(1) {
+            *x = f32::NAN;
+        }
         Ok(out)
     }
 }

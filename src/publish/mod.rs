@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::config::PublishConfig;
 use crate::flow::{Acknowledge, Outgoing, Token};
+use crate::ingest::client;
 use crate::metrics::Metrics;
 use crate::recent::SharedRecent;
 use encode::Dest;
@@ -85,7 +87,11 @@ pub struct DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.error("kafka", &format!("{error}: {reason}"));
+        client::report_error(&self.metrics, "producer", &error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client::report_log(&self.metrics, level, fac, message);
     }
 }
 

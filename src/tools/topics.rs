@@ -9,7 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
-use crate::ingest::kafka::client_config;
+use crate::ingest::client::{client_config, ClientError};
 
 /// Create the three topics of `cfg` with `partitions` partitions and
 /// `replication` replicas. Topics that already exist are left alone.
@@ -18,8 +18,8 @@ pub async fn create(
     cfg: &KafkaConfig,
     partitions: i32,
     replication: i32,
-) -> Result<Vec<(String, bool)>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+) -> Result<Vec<(String, bool)>, TopicsError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)?.create()?;
     let names = [&cfg.input_topic, &cfg.output_topic, &cfg.dead_letter_topic];
     let topics: Vec<NewTopic> = names
         .iter()
@@ -33,11 +33,22 @@ pub async fn create(
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
             Err((name, code)) => {
                 tracing::error!(topic = %name, ?code, "cannot create topic");
-                return Err(KafkaError::AdminOp(code));
+                return Err(KafkaError::AdminOp(code).into());
             }
         }
     }
     Ok(out)
+}
+
+/// Why the topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// The client settings could not be built (a secret could not be read).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The admin client or the broker refused.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// `attnwatch create-topics`.

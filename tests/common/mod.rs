@@ -239,3 +239,32 @@ pub async fn http_get_with(
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
 }
+
+/// The broker's SASL_SSL listener, as `scripts/kafka sasl-env` describes it
+/// (exported by `scripts/test`): its address, the CA that signed its
+/// certificate, a CA that did not, and a SCRAM-SHA-512 user.
+pub struct Sasl {
+    pub bootstrap: String,
+    pub ca: PathBuf,
+    pub untrusted_ca: PathBuf,
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+pub fn sasl() -> Sasl {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: run the tests through scripts/test \
+                 (it exports what `scripts/kafka sasl-env` prints)"
+            )
+        })
+    };
+    Sasl {
+        bootstrap: var("KAFKA_SASL_BOOTSTRAP"),
+        ca: var("KAFKA_SASL_CA").into(),
+        untrusted_ca: var("KAFKA_SASL_UNTRUSTED_CA").into(),
+        username: var("KAFKA_SASL_USERNAME"),
+        password_file: var("KAFKA_SASL_PASSWORD_FILE").into(),
+    }
+}
