@@ -31,8 +31,6 @@
 //! clears the scale's memory (the patterns before it are not adjacent to
 //! the ones after).
 
-use std::collections::VecDeque;
-
 use super::tail::{strength, Tail};
 pub use crate::flow::Match;
 
@@ -41,6 +39,53 @@ pub const MAX_BLOCKS: usize = 512;
 /// Nearest distances before the scale's tail answers (the channel is silent
 /// until then: it has no null distribution).
 const WARM: u64 = 16;
+
+/// The newest `cap` block means, oldest first, contiguous: a vector that
+/// holds at most `2 cap` and drops its older half at once (one copy per
+/// `cap` pushes), so a query reads one slice and never allocates.
+#[derive(Debug, Clone, Default)]
+struct Blocks {
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl Blocks {
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn back(&self) -> Option<f32> {
+        self.buf.get(self.start..)?.last().copied()
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    fn push(&mut self, x: f32, cap: usize) {
+        if self.len() >= cap {
+            self.start += 1;
+        }
+        if self.start >= cap {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.push(x);
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
 
 /// One scale's memory.
 #[derive(Debug, Clone)]
@@ -58,7 +103,7 @@ struct Scale {
     count: u32,
     /// Index of the newest completed block in `means`.
     newest: i64,
-    means: VecDeque<f32>,
+    means: Blocks,
     tail: Tail,
 }
 
@@ -73,7 +118,7 @@ impl Scale {
             sum: 0.0,
             count: 0,
             newest: i64::MIN,
-            means: VecDeque::new(),
+            means: Blocks::default(),
             tail: Tail::new(WARM, false),
         }
     }
@@ -93,7 +138,7 @@ impl Scale {
             let missing = self.block.saturating_sub(self.newest).saturating_sub(1);
             if missing > query as i64 {
                 self.means.clear();
-            } else if let Some(&last) = self.means.back() {
+            } else if let Some(last) = self.means.back() {
                 for _ in 0..missing {
                     self.push(last);
                 }
@@ -106,10 +151,7 @@ impl Scale {
     }
 
     fn push(&mut self, mean: f32) {
-        if self.means.len() >= self.cap {
-            self.means.pop_front();
-        }
-        self.means.push_back(mean);
+        self.means.push(mean, self.cap.max(1));
     }
 
     /// The nearest non-overlapping key to the newest `query` means:
@@ -120,14 +162,7 @@ impl Scale {
         if n < 3 * query {
             return None;
         }
-        let (a, b) = self.means.as_slices();
-        let flat: Vec<f32>;
-        let m: &[f32] = if b.is_empty() {
-            a
-        } else {
-            flat = self.means.iter().copied().collect();
-            &flat
-        };
+        let m = self.means.as_slice();
         let q = &m[n - query..];
         let mut best = (0usize, f64::INFINITY);
         for end in (query - 1)..(n - query) {
@@ -352,6 +387,19 @@ mod tests {
         let mut h = Memory::default();
         h.observe(0, 1.0, 3_600_000, 1.0, &s);
         assert_eq!(h.scales[0].f, 2);
+    }
+
+    #[test]
+    fn blocks_keep_the_newest_in_order_without_growing() {
+        let mut b = Blocks::default();
+        for i in 0..1000usize {
+            b.push(i as f32, 7);
+            let want: Vec<f32> = ((i + 1).saturating_sub(7)..=i).map(|x| x as f32).collect();
+            assert_eq!(b.as_slice(), want.as_slice());
+        }
+        assert!(b.capacity() <= 16, "{}", b.capacity());
+        b.clear();
+        assert!(b.is_empty() && b.back().is_none());
     }
 
     #[test]
