@@ -32,7 +32,7 @@ use crate::ingest::consume::{self, LoopSettings, Outputs};
 use crate::ingest::decode::FeatureSet;
 use crate::ingest::kafka::{self, IngestError, OffsetStore};
 use crate::ingest::stage::Planner;
-use crate::ingest::transaction::Transactions;
+use crate::ingest::transaction::{Transactions, TxnError};
 use crate::metrics::Metrics;
 use crate::model::worker::{self, WorkerSettings};
 use crate::model::{reload, Forecaster, ModelError};
@@ -172,15 +172,32 @@ impl App {
         let transactions = match config.kafka.delivery {
             Delivery::AtLeastOnce => None,
             Delivery::ExactlyOnce => {
-                let (p, timeout, m) = (
+                let (p, timeout, m, stop) = (
                     producer.clone(),
                     config.kafka.transaction_timeout,
                     metrics.clone(),
+                    shutdown.clone(),
                 );
-                let txn = tokio::task::spawn_blocking(move || Transactions::start(p, timeout, m))
-                    .await
-                    .map_err(|e| AppError::Internal(format!("transactions task: {e}")))?
-                    .map_err(IngestError::from)?;
+                let started =
+                    tokio::task::spawn_blocking(move || Transactions::start(p, timeout, m, &stop))
+                        .await
+                        .map_err(|e| AppError::Internal(format!("transactions task: {e}")))?;
+                let txn = match started {
+                    Ok(txn) => txn,
+                    Err(TxnError::Stopped) => {
+                        // Asked to stop while the broker refused us: a clean
+                        // stop, with nothing consumed or published.
+                        tracing::info!("stopped before transactions were initialised");
+                        http_shutdown.cancel();
+                        let _ = http_task.await;
+                        return Ok(App {
+                            http_addr,
+                            metrics,
+                            task: tokio::spawn(async { Ok(()) }),
+                        });
+                    }
+                    Err(e) => return Err(IngestError::from(e).into()),
+                };
                 let txn = Arc::new(txn);
                 store.set_transactions(&txn);
                 tracing::info!(

@@ -56,6 +56,18 @@ impl Drop for ConfigFile {
 /// `ssl.ca.location` and `password` (a TOML inline table: `{ file = ... }`
 /// or `{ env = ... }`) as the `sasl.password` secret option.
 fn config_file(names: &Names, sasl: &Sasl, ca: &Path, password: toml::Table) -> ConfigFile {
+    config_file_in(names, sasl, ca, password, false)
+}
+
+/// [`config_file`], in exactly_once mode when `exactly_once` (with a 10 s
+/// transaction timeout: initialising transactions is retried past it).
+fn config_file_in(
+    names: &Names,
+    sasl: &Sasl,
+    ca: &Path,
+    password: toml::Table,
+    exactly_once: bool,
+) -> ConfigFile {
     let table = |pairs: Vec<(&str, toml::Value)>| -> toml::Value {
         toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     };
@@ -70,6 +82,15 @@ fn config_file(names: &Names, sasl: &Sasl, ca: &Path, password: toml::Table) -> 
                 ("output_topic", s(&names.output)),
                 ("dead_letter_topic", s(&names.dlq)),
                 ("commit_interval", s("500ms")),
+                (
+                    "delivery",
+                    s(if exactly_once {
+                        "exactly_once"
+                    } else {
+                        "at_least_once"
+                    }),
+                ),
+                ("transaction_timeout", s("10s")),
                 (
                     "options",
                     table(vec![
@@ -314,10 +335,22 @@ async fn stays_up_unready_and_quiet(
     words: &[&str],
     secret: &str,
 ) {
+    stays_up_unready_and_quiet_for(config, env, kind, words, secret, WATCH).await;
+}
+
+/// [`stays_up_unready_and_quiet`], watching `watch` after the first failure.
+async fn stays_up_unready_and_quiet_for(
+    config: &Path,
+    env: &[(&str, &str)],
+    kind: &str,
+    words: &[&str],
+    secret: &str,
+    watch: Duration,
+) {
     let mut service = Service::start(config, env);
     let errors = format!("attnwatch_errors_total{{kind=\"{kind}\"}}");
     let mut first_failure = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60) + watch;
     loop {
         let now = Instant::now();
         assert!(service.alive(), "exited:\n{}", service.lines().join("\n"));
@@ -326,7 +359,7 @@ async fn stays_up_unready_and_quiet(
         if first_failure.is_none() && service.metric(&errors).await >= 1.0 {
             first_failure = Some(now);
         }
-        if first_failure.is_some_and(|t| now >= t + WATCH) {
+        if first_failure.is_some_and(|t| now >= t + watch) {
             break;
         }
         assert!(
@@ -384,6 +417,32 @@ async fn with_a_wrong_password_it_stays_up_unready_and_logs_once_per_interval() 
         "kafka_auth",
         AUTH_WORDS,
         &wrong,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_exactly_once_mode_a_wrong_password_keeps_it_up_past_the_transaction_timeout() {
+    let sasl = sasl();
+    let names = Names::new("sasl-badpw-eo");
+    create_topics(&names, 1).await;
+    let config = config_file_in(
+        &names,
+        &sasl,
+        &sasl.ca,
+        source("env", "ATTNWATCH_TEST_KAFKA_PASSWORD"),
+        true,
+    );
+    let wrong = unique("not-the-password");
+    // Initialising transactions times out every 10 s; it is retried, not
+    // fatal: still up and unready 35 s on.
+    stays_up_unready_and_quiet_for(
+        &config,
+        &[("ATTNWATCH_TEST_KAFKA_PASSWORD", &wrong)],
+        "kafka_auth",
+        AUTH_WORDS,
+        &wrong,
+        Duration::from_secs(35),
     )
     .await;
 }

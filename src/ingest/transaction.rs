@@ -28,6 +28,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::publish::OutputProducer;
@@ -43,6 +44,10 @@ pub enum TxnError {
     /// the same transactional id, or another fatal error).
     #[error("transactional producer failed: {0}")]
     Fatal(String),
+    /// The service was asked to stop before transactions could start (the
+    /// broker was unreachable or refused the client until then).
+    #[error("stopped before transactions were initialised")]
+    Stopped,
 }
 
 /// The transactional side of the output producer.
@@ -85,19 +90,32 @@ fn fenced(e: &KafkaError) -> bool {
 impl Transactions {
     /// Initialise transactions on `producer` (fencing and aborting the open
     /// transaction of an earlier instance with the same transactional id),
-    /// and begin the first one.
+    /// and begin the first one. While the broker cannot be reached, or
+    /// refuses the client (a wrong password, an untrusted certificate), the
+    /// attempt times out and is retried until `stop` is cancelled: the
+    /// service stays up and not ready, counting each failure and logging at
+    /// most one line per 10 s. A fatal error stops it.
     pub fn start(
         producer: Arc<OutputProducer>,
         timeout: Duration,
         metrics: Metrics,
+        stop: &CancellationToken,
     ) -> Result<Self, TxnError> {
-        let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
+        // Short attempts, so that a shutdown is noticed within seconds.
+        let attempt = timeout.min(Duration::from_secs(10));
         loop {
-            match producer.init_transactions(timeout) {
+            match producer.init_transactions(attempt) {
                 Ok(()) => break,
-                Err(e) if matches!(kind(&e), Kind::Retry) && Instant::now() < deadline => {
-                    metrics.error("transaction", &e);
+                // librdkafka marks a timed-out attempt retriable only at
+                // first; anything not fatal is retried here.
+                Err(e) if !matches!(kind(&e), Kind::Fatal) && !stop.is_cancelled() => {
+                    metrics.error_limited(
+                        "transaction",
+                        "init_transactions",
+                        &format!("initialising transactions: {e}; retrying (check the brokers, and the Kafka credentials and certificates)"),
+                    );
                 }
+                Err(_) if stop.is_cancelled() => return Err(TxnError::Stopped),
                 Err(e) => return Err(TxnError::Fatal(format!("init_transactions: {e}"))),
             }
         }
