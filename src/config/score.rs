@@ -93,8 +93,8 @@ impl ScoreConfig {
         if self.incident_quiet == 0 {
             out.push("score.incident_quiet must be >= 1".into());
         }
-        if !(2..=256).contains(&self.memory_query) {
-            out.push("score.memory_query must be in 2..=256".into());
+        if !(2..=128).contains(&self.memory_query) {
+            out.push("score.memory_query must be in 2..=128".into());
         }
         if self.memory_spans.iter().any(|d| d.is_zero()) {
             out.push("score.memory_spans must be > 0".into());

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +46,11 @@ pub struct LoopSettings {
     /// The window stage's idle flush and stale timers.
     pub timers: IdleTimers,
 }
+
+/// A rebuild that gets no message for this long has read all there was
+/// before its committed offset (the offsets just before it were transaction
+/// markers, or compacted away).
+const REPLAY_IDLE: Duration = Duration::from_secs(3);
 
 /// How often the idle timers are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -84,11 +90,17 @@ pub async fn run(
                 continue;
             }
             _ = sweep_tick.tick(), if sweeping => {
-                let rebuilt = shared.rebalance_in_loop(&mut planner, None);
+                let mut rebuilt = shared.rebalance_in_loop(&mut planner, None);
+                rebuilt.extend(finish_rebuilds(&consumer, &shared, &mut planner));
                 if !send_jobs(&outputs, rebuilt).await {
                     return Ok(());
                 }
-                let (jobs, stale) = planner.sweep(chrono::Utc::now().timestamp_millis(), settings.timers);
+                if !shared.rebalance_settled() {
+                    continue; // revoked, not yet assigned: series may have moved
+                }
+                // The series of partitions still rebuilding wait.
+                let hold = shared.rebuilding();
+                let (jobs, stale) = planner.sweep_except(chrono::Utc::now().timestamp_millis(), settings.timers, &hold);
                 shared.update_marks(&mut planner);
                 let owed = jobs.iter().filter(|j| j.publishes()).count() + stale.len();
                 shared.untracked.fetch_add(owed as i64, Ordering::AcqRel);
@@ -141,6 +153,7 @@ pub async fn run(
         if !replay {
             // The rebuild is done: the timers that had fired before it are
             // restored before a new point lands.
+            shared.set_rebuilt(partition);
             let restored = shared.rebalance_in_loop(&mut planner, Some(partition));
             if !send_jobs(&outputs, restored).await {
                 return Ok(());
@@ -161,6 +174,7 @@ pub async fn run(
         let sampled = offset % 16 == 0;
         let started = sampled.then(std::time::Instant::now);
         if replay {
+            shared.replay_seen(partition);
             // Output for this message was published before the assignment:
             // rebuild windows, forecasts and calibration, publish nothing.
             let jobs = planner.replay(payload, meta, chrono::Utc::now().timestamp_millis());
@@ -174,6 +188,7 @@ pub async fn run(
             if until.is_some_and(|u| offset + 1 >= u) {
                 // The last message before the committed offset: restore the
                 // timers that had fired.
+                shared.set_rebuilt(partition);
                 let restored = shared.rebalance_in_loop(&mut planner, Some(partition));
                 if !send_jobs(&outputs, restored).await {
                     return Ok(());
@@ -212,6 +227,39 @@ pub async fn run(
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// Finish the rebuilds that reached their committed offset without a last
+/// message to show it (the offset before it was a transaction marker, or
+/// compacted away, and the partition is silent): the consumer's position
+/// says so. Returns the rebuild jobs of the marks restored.
+fn finish_rebuilds(consumer: &IngestConsumer, shared: &Shared, planner: &mut Planner) -> Vec<Job> {
+    let rebuilding = shared.rebuilding();
+    if rebuilding.is_empty() {
+        return Vec::new();
+    }
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut jobs = Vec::new();
+    for elem in positions.elements() {
+        let partition = elem.partition();
+        if !rebuilding.contains(&partition) {
+            continue;
+        }
+        let at = match elem.offset() {
+            Offset::Offset(at) => Some(at),
+            _ => None,
+        };
+        let reached = shared
+            .replay_until_of(partition)
+            .is_none_or(|u| at.is_some_and(|at| at >= u));
+        if reached || shared.replay_idle(partition, REPLAY_IDLE) {
+            shared.set_rebuilt(partition);
+            jobs.extend(shared.rebalance_in_loop(planner, Some(partition)));
+        }
+    }
+    jobs
 }
 
 /// Send jobs to their inference threads; false once those have stopped.

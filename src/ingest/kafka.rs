@@ -26,7 +26,7 @@
 //! series another instance now owns.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,18 @@ pub enum IngestError {
 
 const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A partition revoked from this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revoked {
+    partition: i32,
+    /// Its state was whole (rebuilt, nothing in flight) when revoked: if the
+    /// same rebalance assigns it back, it resumes at its committed offset
+    /// with that state.
+    keepable: bool,
+    /// The revocation it came from.
+    rebalance: u64,
+}
+
 /// State shared between the consumer's callbacks, the consume loop and the
 /// publisher's acknowledgements.
 pub struct Shared {
@@ -93,8 +105,17 @@ pub struct Shared {
     /// once the partition's rebuild is done.
     restore: Mutex<HashMap<i32, HashMap<u64, u8>>>,
     /// Partitions revoked since the consume loop last looked: it drops
-    /// their series' window state (and timers).
-    revoked: Mutex<Vec<i32>>,
+    /// their series' state (and timers), unless the rebalance that revoked
+    /// one assigns it back (see [`Revoked`]).
+    revoked: Mutex<Vec<Revoked>>,
+    /// Revocations so far (each tags its [`Revoked`] entries).
+    rebalances: AtomicU64,
+    /// The committed offset of each assigned partition at its assignment:
+    /// a partition not read since still commits its marks at it.
+    assigned_at: Mutex<HashMap<i32, i64>>,
+    /// When each rebuilding partition last had a message replayed (or was
+    /// assigned).
+    replay_seen: Mutex<HashMap<i32, Instant>>,
     /// Whether `restore` or `revoked` holds anything (checked per message
     /// without a lock).
     pending: AtomicBool,
@@ -172,13 +193,13 @@ impl Shared {
             // one not read since its assignment commits its committed offset
             // again, so that its marks still travel.
             let marks = self.marks();
-            let until = self.replay_until();
+            let assigned_at = self.assigned_at();
             for (p, _, m) in &mut positions {
                 *m = marks.get(p).cloned();
             }
             for (p, text) in marks.iter() {
                 if positions.iter().all(|x| x.0 != *p) {
-                    if let Some(&c) = until.get(p) {
+                    if let Some(&c) = assigned_at.get(p) {
                         positions.push((*p, c, Some(text.clone())));
                     }
                 }
@@ -215,8 +236,45 @@ impl Shared {
         self.restore.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn revoked(&self) -> MutexGuard<'_, Vec<i32>> {
+    fn revoked(&self) -> MutexGuard<'_, Vec<Revoked>> {
         self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn assigned_at(&self) -> MutexGuard<'_, HashMap<i32, i64>> {
+        self.assigned_at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether no rebalance is half-way (revoked, not yet assigned): a
+    /// sweep meanwhile would fire timers on series this instance may no
+    /// longer own.
+    pub fn rebalance_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// A message of `partition` was replayed now.
+    pub fn replay_seen(&self, partition: i32) {
+        self.replay_seen_at().insert(partition, Instant::now());
+    }
+
+    /// Whether `partition`'s rebuild has had no message for `idle`.
+    pub fn replay_idle(&self, partition: i32, idle: Duration) -> bool {
+        self.replay_seen_at()
+            .get(&partition)
+            .is_none_or(|t| t.elapsed() >= idle)
+    }
+
+    fn replay_seen_at(&self) -> MutexGuard<'_, HashMap<i32, Instant>> {
+        self.replay_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Partitions whose rebuild is not done yet.
+    pub fn rebuilding(&self) -> Vec<i32> {
+        self.tracker().rebuilding()
+    }
+
+    /// Record that `partition`'s rebuild is done.
+    pub fn set_rebuilt(&self, partition: i32) {
+        self.tracker().set_rebuilt(partition);
     }
 
     /// The consume loop's share of a rebalance, done between messages
@@ -230,13 +288,18 @@ impl Shared {
             return Vec::new();
         }
         let mut jobs = Vec::new();
-        // Until the assignment that follows a revocation, a revoked
-        // partition may come back to this instance with its state.
+        // Until the assignment that follows a revocation, a partition it
+        // revoked may come back to this instance with its state; an entry
+        // of an earlier, settled rebalance can go.
         let settled = self.settled.load(Ordering::Acquire);
-        let revoked = if settled {
-            std::mem::take(&mut *self.revoked())
-        } else {
-            Vec::new()
+        let current = self.rebalances.load(Ordering::Acquire);
+        let revoked: Vec<i32> = {
+            let mut all = self.revoked();
+            let (gone, wait): (Vec<Revoked>, Vec<Revoked>) = all
+                .drain(..)
+                .partition(|r| settled || r.rebalance < current);
+            *all = wait;
+            gone.into_iter().map(|r| r.partition).collect()
         };
         for p in revoked {
             let forget = planner.drop_partition(p);
@@ -248,6 +311,7 @@ impl Shared {
             jobs.extend(forget);
         }
         if let Some(partition) = rebuilt {
+            self.set_rebuilt(partition);
             let marks = self.restore().remove(&partition);
             if let Some(marks) = marks {
                 let restored = planner.restore_marks(partition, &marks);
@@ -277,6 +341,9 @@ impl Shared {
         for (partition, marks) in planner.take_changed_marks() {
             if self.tracker().generation(partition).is_none() {
                 continue; // no longer ours
+            }
+            if self.restore().contains_key(&partition) {
+                continue; // the committed marks stand until they are restored
             }
             let (text, dropped) = super::marks::encode(&marks);
             if dropped > 0 {
@@ -370,11 +437,17 @@ impl IngestContext {
             // A partition revoked from this instance and assigned back to it
             // in the same rebalance keeps its state: it resumes at its
             // committed offset, with nothing to rebuild.
+            let current = shared.rebalances.load(Ordering::Acquire);
             let kept = committed_offset.is_some() && {
                 let mut revoked = shared.revoked();
-                let at = revoked.iter().position(|p| *p == partition);
+                let at = revoked
+                    .iter()
+                    .position(|r| r.partition == partition && r.keepable && r.rebalance == current);
                 at.map(|i| revoked.remove(i)).is_some()
             };
+            if let Some(c) = committed_offset {
+                shared.assigned_at().insert(partition, c);
+            }
             if shared.delivery == Delivery::ExactlyOnce {
                 let metadata = committed
                     .as_ref()
@@ -393,6 +466,8 @@ impl IngestContext {
                     }
                 }
             }
+            shared.replay_seen(partition);
+            let mut nothing_to_rebuild = kept;
             let start = match committed_offset {
                 Some(c) if kept => {
                     shared.replay_until().remove(&partition);
@@ -403,8 +478,16 @@ impl IngestContext {
                         .fetch_watermarks(topic, partition, BROKER_CALL_TIMEOUT)
                         .map(|(low, _)| low)
                         .unwrap_or(c);
+                    let from = (c - shared.rebuild_messages).max(low);
+                    if from >= c {
+                        // No message to rebuild from: no series has state here,
+                        // so no mark can be restored or carried.
+                        nothing_to_rebuild = true;
+                        shared.restore().remove(&partition);
+                        shared.marks().remove(&partition);
+                    }
                     shared.replay_until().insert(partition, c);
-                    Offset::Offset((c - shared.rebuild_messages).max(low))
+                    Offset::Offset(from)
                 }
                 None => {
                     shared.replay_until().remove(&partition);
@@ -415,6 +498,11 @@ impl IngestContext {
                 shared.metrics.error("kafka", &e);
             }
             let generation = shared.tracker().assign(partition);
+            if nothing_to_rebuild || committed_offset.is_none() {
+                // Nothing to rebuild: the state is whole (kept), or the
+                // partition is read from its start.
+                shared.set_rebuilt(partition);
+            }
             tracing::info!(topic, partition, ?start, committed = ?committed_offset, generation, kept, "partition assigned");
         }
         // The rebalance is settled: the loop may drop what stays revoked.
@@ -485,12 +573,27 @@ impl IngestContext {
                 }
             }
         }
+        let rebalance = shared.rebalances.fetch_add(1, Ordering::AcqRel) + 1;
         for elem in tpl.elements() {
+            let partition = elem.partition();
+            let keepable = {
+                let tracker = shared.tracker();
+                tracker.is_rebuilt(partition) && tracker.pending_for(partition) == 0
+            };
+            {
+                let mut revoked = shared.revoked();
+                revoked.retain(|r| r.partition != partition);
+                revoked.push(Revoked {
+                    partition,
+                    keepable,
+                    rebalance,
+                });
+            }
+            shared.assigned_at().remove(&partition);
             shared.tracker().revoke(elem.partition());
             shared.replay_until().remove(&elem.partition());
             shared.marks().remove(&elem.partition());
             shared.restore().remove(&elem.partition());
-            shared.revoked().push(elem.partition());
             shared.settled.store(false, Ordering::Release);
             shared.pending.store(true, Ordering::Release);
             let _ = shared
@@ -532,6 +635,9 @@ pub fn consumer(
         marks: Mutex::new(HashMap::new()),
         restore: Mutex::new(HashMap::new()),
         revoked: Mutex::new(Vec::new()),
+        rebalances: AtomicU64::new(0),
+        assigned_at: Mutex::new(HashMap::new()),
+        replay_seen: Mutex::new(HashMap::new()),
         pending: AtomicBool::new(false),
         settled: AtomicBool::new(true),
     });

@@ -29,6 +29,9 @@ struct Partition {
     next: Option<i64>,
     /// Last offset handed out for storing.
     stored: Option<i64>,
+    /// Whether the partition's rebuild has reached its committed offset
+    /// (its window state is whole).
+    rebuilt: bool,
 }
 
 impl Partition {
@@ -82,6 +85,34 @@ impl OffsetTracker {
     /// Current generation of `partition`, if assigned.
     pub fn generation(&self, partition: i32) -> Option<u64> {
         self.partitions.get(&partition).map(|p| p.generation)
+    }
+
+    /// Record that `partition`'s rebuild is done (or it had none).
+    pub fn set_rebuilt(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.rebuilt = true;
+        }
+    }
+
+    /// Whether `partition` is assigned and its rebuild is done.
+    pub fn is_rebuilt(&self, partition: i32) -> bool {
+        self.partitions.get(&partition).is_some_and(|p| p.rebuilt)
+    }
+
+    /// Assigned partitions whose rebuild is not done yet.
+    pub fn rebuilding(&self) -> Vec<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, p)| !p.rebuilt)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Messages of `partition` with outputs in flight.
+    pub fn pending_for(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |p| p.pending.len())
     }
 
     /// Register a consumed message with `outputs` outputs in flight. Returns
@@ -208,6 +239,22 @@ mod tests {
         tr.ack(t(1, 9, b));
         assert_eq!(tr.in_flight(), 0);
         assert_eq!(tr.positions(), vec![(0, 6), (1, 10)]);
+    }
+
+    #[test]
+    fn a_partition_is_rebuilding_until_told_and_a_new_assignment_starts_over() {
+        let mut tr = OffsetTracker::new();
+        let g = tr.assign(3);
+        assert!(!tr.is_rebuilt(3));
+        assert_eq!(tr.rebuilding(), vec![3]);
+        tr.set_rebuilt(3);
+        assert!(tr.is_rebuilt(3) && tr.rebuilding().is_empty());
+        tr.register(t(3, 7, g), 2);
+        assert_eq!(tr.pending_for(3), 1);
+        tr.assign(3);
+        assert!(!tr.is_rebuilt(3), "a new assignment rebuilds again");
+        assert_eq!(tr.pending_for(3), 0);
+        assert!(!tr.is_rebuilt(9));
     }
 
     #[test]

@@ -269,7 +269,18 @@ impl Planner {
     /// buckets the idle flush closed (their outputs owed by no input
     /// message: [`Token::UNTRACKED`]), and the series that went stale.
     pub fn sweep(&mut self, now_ms: i64, timers: IdleTimers) -> (Vec<Job>, Vec<StaleEvent>) {
-        let swept = self.windows.sweep(now_ms, timers);
+        self.sweep_except(now_ms, timers, &[])
+    }
+
+    /// [`Planner::sweep`], leaving alone the series of the partitions in
+    /// `hold` (rebuilding: their timers wait until the rebuild is done).
+    pub fn sweep_except(
+        &mut self,
+        now_ms: i64,
+        timers: IdleTimers,
+        hold: &[i32],
+    ) -> (Vec<Job>, Vec<StaleEvent>) {
+        let swept = self.windows.sweep_except(now_ms, timers, hold);
         let mut jobs = Vec::new();
         for (key, emitted) in swept.flushed {
             self.timer_jobs(&key, emitted, Mode::Publish, &mut jobs);

@@ -130,8 +130,12 @@ pub fn process_batch(
     while !round.is_empty() {
         let mut deferred = Vec::new();
         for job in round {
+            // A forget waits for a queued run of its series too, which would
+            // otherwise bring the forgotten state back.
+            let forget = job.mode == Mode::Forget;
             let waits = job.features.iter().any(|f| {
-                blocked.contains(&f.key) || (f.scored() && pending.waiting.contains(&f.key))
+                blocked.contains(&f.key)
+                    || ((f.scored() || forget) && pending.waiting.contains(&f.key))
             });
             if waits {
                 blocked.extend(job.features.iter().map(|f| f.key.clone()));

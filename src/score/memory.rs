@@ -241,7 +241,7 @@ impl Memory {
                 let per = scale.span_ms as f64 / (query as f64 * interval as f64);
                 scale.f = (per.round() as i64).max(1);
                 scale.block_ms = scale.f.saturating_mul(interval);
-                scale.cap = (s.points / scale.f as usize).clamp(3 * query, MAX_BLOCKS);
+                scale.cap = (s.points / scale.f as usize).min(MAX_BLOCKS).max(3 * query);
             }
             let block = ts.div_euclid(scale.block_ms);
             if block != scale.block {
@@ -271,11 +271,14 @@ impl Memory {
                 .ln_sf(d)
                 .map_or(0.0, |l| strength(l, tests, s.risk));
             scale.tail.learn(d, s.history, s.risk);
+            // This value is the newest block's last; the grid repeats every
+            // block, so the key's last value lies whole blocks before it.
             let back = (scale.means.len() - 1 - end) as i64;
-            let end_block = scale.newest - back;
+            let key_end = ts.saturating_sub(back.saturating_mul(scale.block_ms));
+            let span = (query as i64).saturating_mul(scale.block_ms);
             let m = Match {
-                start_ts: (end_block + 1 - query as i64) * scale.block_ms,
-                end_ts: (end_block + 1) * scale.block_ms - interval,
+                start_ts: key_end.saturating_sub(span - interval),
+                end_ts: key_end,
                 distance: d as f32,
                 span_ms: scale.span_ms,
                 novel: strength >= 1.0,

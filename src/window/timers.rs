@@ -130,6 +130,10 @@ impl Windows {
             marked,
             dirty,
         } = self;
+        // The partition's marks are recomputed from its state now, even if
+        // none matched (the marked series were not rebuilt): carried over
+        // unchanged, they would name series that come back as new ones.
+        dirty.insert(partition);
         for (key, s) in series.iter_mut() {
             if s.partition != partition {
                 continue;
@@ -164,6 +168,12 @@ impl Windows {
     /// series silent longer than the shorter timer (series are kept in
     /// recency order, so the scan stops at the first recent one).
     pub fn sweep(&mut self, now_ms: i64, timers: IdleTimers) -> Swept {
+        self.sweep_except(now_ms, timers, &[])
+    }
+
+    /// [`Windows::sweep`], leaving alone the series of the partitions in
+    /// `hold` (whose rebuild is not done: their timers wait for it).
+    pub fn sweep_except(&mut self, now_ms: i64, timers: IdleTimers, hold: &[i32]) -> Swept {
         let mut swept = Swept::default();
         let Some(earliest) = [timers.flush_after_ms, timers.stale_after_ms]
             .into_iter()
@@ -183,6 +193,9 @@ impl Windows {
             let silent = now_ms.saturating_sub(s.last_seen_ms);
             if silent < earliest {
                 break; // every later series was seen more recently
+            }
+            if hold.contains(&s.partition) {
+                continue;
             }
             let interval = s.interval();
             if let (Some(after), Some(iv)) = (timers.flush_after_ms, interval) {
