@@ -664,7 +664,10 @@ def soak(a):
         inst.stop()
     distinct = sum(1 for c in counts.values() for x in c if x)
     dups = sum(x - 1 for c in counts.values() for x in c if x > 1)
-    steady = [x for x in samples if x["t"] >= min(60.0, fed / 4)]
+    # Slopes over the steady state: after the warm-up (every series' context
+    # filling, the first model runs), the first rebalance period or a quarter
+    # of the run, whichever is shorter.
+    steady = [x for x in samples if x["t"] >= min(a.soak_rebalance, fed / 4)]
     row = {
         "seconds": fed, "rate": rate, "mode": mode, "series": a.series, "points_in": a.series * points,
         "expected": want, "distinct_out": distinct, "lost": want - distinct, "duplicates": dups,
