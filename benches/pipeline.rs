@@ -49,13 +49,8 @@ fn value(series: usize, t: usize) -> f32 {
         + ((t * 7919 + series * 104_729) % 97) as f32 / 97.0
 }
 
-/// Planner jobs of `series` series x `points` points on a 1-minute grid,
-/// time step by time step.
-fn jobs(c: &Config, engine: &Engine, stride: usize, series: usize, points: usize) -> Vec<Job> {
-    jobs_at(c, engine, stride, series, points, 60_000)
-}
-
-/// [`jobs`] on a grid of `interval_ms`.
+/// Planner jobs of `series` series x `points` points on a grid of
+/// `interval_ms`, time step by time step.
 fn jobs_at(
     c: &Config,
     engine: &Engine,
@@ -92,6 +87,40 @@ fn jobs_at(
         }
     }
     out
+}
+
+/// The model stage on `(series, warm, measured)` points of each series on an
+/// `interval_ms` grid: every series warmed up first (untimed), then the
+/// measured points timed; (scored points per second, µs per point), median
+/// of 5.
+fn model_stage(
+    c: &Config,
+    engine: &mut Engine,
+    stride: usize,
+    (series, warm, measured): (usize, usize, usize),
+    interval_ms: i64,
+) -> (f64, f64) {
+    let all = jobs_at(c, engine, stride, series, warm + measured, interval_ms);
+    let split = all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * interval_ms);
+    let (warmup, timed) = all.split_at(split);
+    let scored = timed.iter().filter(|j| j.publishes()).count();
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            // State as the service has it: every series warm (untimed).
+            let mut scorer = Scorer::new(c.score.clone(), c.window.max_series);
+            let max_batch = c.model.max_batch;
+            worker::process_batch(engine, &mut scorer, warmup.to_vec(), max_batch, None);
+            let batch = timed.to_vec();
+            let t = Instant::now();
+            let (out, stats) = worker::process_batch(engine, &mut scorer, batch, max_batch, None);
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(out.len(), scored);
+            assert_eq!(stats.unscored, 0);
+            secs
+        })
+        .collect();
+    let secs = median(runs);
+    (scored as f64 / secs, secs / scored as f64 * 1e6)
 }
 
 fn main() {
@@ -139,69 +168,28 @@ fn main() {
         if stride > contract.horizon {
             continue;
         }
-        let all = jobs(&c, &engine, stride, series, warm + measured);
-        let split = all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * 60_000);
-        let (warmup, timed) = all.split_at(split);
-        let scored = timed.iter().filter(|j| j.publishes()).count();
-        let runs: Vec<f64> = (0..5)
-            .map(|_| {
-                // State as the service has it: every series warm (untimed).
-                let mut scorer = Scorer::new(c.score.clone(), c.window.max_series);
-                let max_batch = c.model.max_batch;
-                worker::process_batch(&mut engine, &mut scorer, warmup.to_vec(), max_batch, None);
-                let batch = timed.to_vec();
-                let t = Instant::now();
-                let (out, stats) =
-                    worker::process_batch(&mut engine, &mut scorer, batch, max_batch, None);
-                let secs = t.elapsed().as_secs_f64();
-                assert_eq!(out.len(), scored);
-                assert_eq!(stats.unscored, 0);
-                secs
-            })
-            .collect();
-        let timed_secs = median(runs);
+        let (rate, us) = model_stage(&c, &mut engine, stride, (series, warm, measured), 60_000);
         println!(
-            "model stage, stride {stride:>2}: {:>9.0} scored points/s ({series} warm series x {measured} points, max_batch {}, {:.1} us per point; {:.3} MFLOP per point; median of 5)",
-            scored as f64 / timed_secs,
+            "model stage, stride {stride:>2}: {rate:>9.0} scored points/s ({series} warm series x {measured} points, max_batch {}, {us:.1} us per point; {:.3} MFLOP per point; median of 5)",
             c.model.max_batch,
-            timed_secs / scored as f64 * 1e6,
             contract.flops_per_run as f64 / stride as f64 / 1e6
         );
     }
-
     // The score stage's pattern memory queries once per block: at a 1-minute
     // grid a day is 90 values a block and the runs above never fill it. At
-    // 5 minutes (blocks of 18) and an hour (blocks of 2, 480 keys a query,
+    // 5 minutes (blocks of 18) and an hour (blocks of 2, 481 keys a query,
     // its most expensive case) the memory is warm and queried.
     for (label, interval_ms) in [("5 min", 300_000i64), ("1 h", 3_600_000)] {
         let stride = c.model.stride;
-        let all = jobs_at(&c, &engine, stride, series, warm + measured, interval_ms);
-        let split = all.partition_point(|j| j.ts < 1_700_000_000_000 + warm as i64 * interval_ms);
-        let (warmup, timed) = all.split_at(split);
-        let scored = timed.iter().filter(|j| j.publishes()).count();
-        let runs: Vec<f64> = (0..5)
-            .map(|_| {
-                let mut scorer = Scorer::new(c.score.clone(), c.window.max_series);
-                let max_batch = c.model.max_batch;
-                worker::process_batch(&mut engine, &mut scorer, warmup.to_vec(), max_batch, None);
-                let t = Instant::now();
-                let (out, _) = worker::process_batch(
-                    &mut engine,
-                    &mut scorer,
-                    timed.to_vec(),
-                    max_batch,
-                    None,
-                );
-                let secs = t.elapsed().as_secs_f64();
-                assert_eq!(out.len(), scored);
-                secs
-            })
-            .collect();
-        let timed_secs = median(runs);
+        let (rate, us) = model_stage(
+            &c,
+            &mut engine,
+            stride,
+            (series, warm, measured),
+            interval_ms,
+        );
         println!(
-            "model stage, stride {stride:>2}, {label} grid (memory warm): {:>9.0} scored points/s ({:.1} us per point; median of 5)",
-            scored as f64 / timed_secs,
-            timed_secs / scored as f64 * 1e6,
+            "model stage, stride {stride:>2}, {label} grid (memory warm): {rate:>9.0} scored points/s ({us:.1} us per point; median of 5)"
         );
     }
 

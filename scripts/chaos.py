@@ -242,19 +242,20 @@ class Feed:
         self.thread.join()
 
 
+def committed_reader(a, group, topic):
+    """A consumer of `topic` from its start that sees only committed transactions."""
+    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+    c.subscribe([topic])
+    return c
+
+
 class Output:
     """The output topic read from the start, read_committed, on a thread of its own from
     before the fault on, so that each record's arrival time is when a reader could see it."""
 
     def __init__(self, a, run):
-        self.c = Consumer({
-            "bootstrap.servers": a.bootstrap,
-            "group.id": f"{run}-reader-{random.getrandbits(32):08x}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        })
-        self.c.subscribe([f"{run}-out"])
+        self.c = committed_reader(a, f"{run}-reader-{random.getrandbits(32):08x}", f"{run}-out")
         self.records = []  # (series, ts, score, anomaly, append_ms, seen_ms)
         self.stale = []  # (series, ts)
         self.last_new = time.monotonic()
@@ -295,11 +296,8 @@ class Output:
 
 def count_topic(a, topic):
     """Committed records in `topic` (read_committed, from the start)."""
-    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"count-{random.getrandbits(32):08x}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
+    c = committed_reader(a, f"count-{random.getrandbits(32):08x}", topic)
     n, idle = 0, time.monotonic()
-    c.subscribe([topic])
     while time.monotonic() - idle < 5:
         msgs = c.consume(1000, timeout=0.5)
         if msgs:
@@ -690,10 +688,7 @@ class Counter:
     last minutes of its topics."""
 
     def __init__(self, a, run):
-        self.c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": f"{run}-count-{random.getrandbits(32):08x}",
-                           "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                           "isolation.level": "read_committed"})
-        self.c.subscribe([f"{run}-out"])
+        self.c = committed_reader(a, f"{run}-count-{random.getrandbits(32):08x}", f"{run}-out")
         self.counts, self.n, self.last_new = {}, 0, time.monotonic()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)

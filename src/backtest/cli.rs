@@ -16,18 +16,37 @@ pub struct ScoreArgs {
     /// Config file for the [window], [model], [score] and [publish] sections.
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// Series id column (default: the whole file is one series, named after the file).
-    #[arg(long)]
-    series_column: Option<String>,
-    /// Timestamp column (epoch ms, RFC 3339, YYYY-MM-DD HH:MM:SS, or a datetime).
-    #[arg(long, default_value = "timestamp")]
-    ts_column: String,
-    /// Value column.
-    #[arg(long, default_value = "value")]
-    value_column: String,
+    #[command(flatten)]
+    columns: ColumnArgs,
     /// Also draw a PNG: series, score, anomalies, attention of the top anomaly.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+/// The columns of an input file (`score`, `replay`).
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// Series id column (default: the whole file is one series, named after
+    /// the file).
+    #[arg(long)]
+    pub series_column: Option<String>,
+    /// Timestamp column (epoch ms, RFC 3339, YYYY-MM-DD HH:MM:SS, or a datetime).
+    #[arg(long, default_value = "timestamp")]
+    pub ts_column: String,
+    /// Value column.
+    #[arg(long, default_value = "value")]
+    pub value_column: String,
+}
+
+impl ColumnArgs {
+    /// The columns as the file readers take them.
+    pub fn columns(self) -> super::Columns {
+        super::Columns {
+            series: self.series_column,
+            ts: self.ts_column,
+            value: self.value_column,
+        }
+    }
 }
 
 /// Run `attnwatch score`.
@@ -36,11 +55,7 @@ pub fn exec(a: ScoreArgs) -> anyhow::Result<()> {
     let opts = super::ScoreFile {
         input: a.input,
         output: a.output,
-        columns: super::Columns {
-            series: a.series_column,
-            ts: a.ts_column,
-            value: a.value_column,
-        },
+        columns: a.columns.columns(),
         plot: a.plot,
     };
     let s = super::run(&c, &mut engine, &opts)?;

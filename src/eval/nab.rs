@@ -155,33 +155,31 @@ pub fn corpus_score(files: &[(&LabeledFile, Vec<bool>)], p: &Profile) -> f64 {
 }
 
 /// Sweep one threshold over the whole corpus (the oracle figure NAB
-/// publishes). Returns (best normalised score, its threshold). Candidates
-/// are spread over the ranks of the scores, plus the highest distinct ones.
-pub fn sweep(files: &[(&LabeledFile, &[f64])], p: &Profile) -> (f64, f64) {
-    let mut all: Vec<f64> = files
-        .iter()
-        .flat_map(|(_, s)| s.iter().copied())
-        .filter(|x| x.is_finite())
-        .collect();
+/// publishes): `detect(t)` gives every file's detections at threshold `t`,
+/// and the thresholds tried are `tries.0` spread over the ranks of
+/// `scores`, their `tries.1` highest distinct values, `extra`, and "detect
+/// nothing". Returns (best normalised score, its threshold).
+pub fn sweep<'a>(
+    scores: impl Iterator<Item = f64>,
+    tries: (usize, usize),
+    extra: &[f64],
+    p: &Profile,
+    detect: impl Fn(f64) -> Vec<(&'a LabeledFile, Vec<bool>)>,
+) -> (f64, f64) {
+    let mut all: Vec<f64> = scores.filter(|x| x.is_finite()).collect();
     all.sort_by(f64::total_cmp);
     all.dedup();
-    let mut candidates: Vec<f64> = Vec::new();
     let n = all.len();
-    let spread = 1500.min(n);
-    for k in 0..spread {
-        candidates.push(all[k * n / spread.max(1)]);
-    }
-    candidates.extend(all.iter().rev().take(500));
+    let spread = tries.0.min(n);
+    let mut candidates: Vec<f64> = (0..spread).map(|k| all[k * n / spread.max(1)]).collect();
+    candidates.extend(all.iter().rev().take(tries.1));
+    candidates.extend_from_slice(extra);
     candidates.push(f64::INFINITY); // detect nothing
     candidates.sort_by(f64::total_cmp);
     candidates.dedup();
     let mut best = (f64::NEG_INFINITY, f64::INFINITY);
     for &t in &candidates {
-        let dets: Vec<(&LabeledFile, Vec<bool>)> = files
-            .iter()
-            .map(|(f, s)| (*f, s.iter().map(|x| *x >= t).collect()))
-            .collect();
-        let score = corpus_score(&dets, p);
+        let score = corpus_score(&detect(t), p);
         if score > best.0 {
             best = (score, t);
         }
@@ -281,7 +279,9 @@ mod tests {
         let mut scores = vec![0.1; 100];
         scores[40] = 0.9;
         scores[70] = 0.5;
-        let (best, t) = sweep(&[(&f, &scores)], &STD);
+        let (best, t) = sweep(scores.iter().copied(), (1500, 500), &[], &STD, |t| {
+            vec![(&f, scores.iter().map(|x| *x >= t).collect())]
+        });
         assert!((best - 100.0).abs() < 1e-9, "{best}");
         assert!(t > 0.5 && t <= 0.9);
     }

@@ -26,7 +26,7 @@
 //! and no breaks, as in HTM.
 
 /// The prior mean relative excess of a break: `ln(1e-4) = -0.05 / m`.
-pub const PRIOR_EXCESS: f64 = 0.2 / 9.210_340_371_976_184;
+pub const PRIOR_EXCESS: f64 = 0.05 / 9.210_340_371_976_184;
 /// The prior's weight, in breaks.
 pub const PRIOR_WEIGHT: f64 = 4.0;
 

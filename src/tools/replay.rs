@@ -288,15 +288,8 @@ pub struct ReplayArgs {
     /// Series id to send (default: the file name without extension).
     #[arg(long, conflicts_with = "series_column")]
     series: Option<String>,
-    /// Series id column, for files with several series.
-    #[arg(long)]
-    series_column: Option<String>,
-    /// Timestamp column.
-    #[arg(long, default_value = "timestamp")]
-    ts_column: String,
-    /// Value column.
-    #[arg(long, default_value = "value")]
-    value_column: String,
+    #[command(flatten)]
+    columns: crate::backtest::cli::ColumnArgs,
     /// Replay speed relative to the file's timestamps.
     #[arg(long, conflicts_with = "as_fast_as_possible")]
     speed: Option<f64>,
@@ -322,11 +315,7 @@ pub fn exec(a: ReplayArgs) -> anyhow::Result<()> {
             .file_stem()
             .map_or_else(|| "series".into(), |s| s.to_string_lossy().into_owned())
     });
-    let columns = crate::backtest::Columns {
-        series: a.series_column,
-        ts: a.ts_column,
-        value: a.value_column,
-    };
+    let columns = a.columns.columns();
     let data = crate::backtest::files::read_series(&input, &columns, &default_series)?;
     let pace = a.speed.map_or(Pace::AsFastAsPossible, Pace::Speed);
     let opts = ReplayOptions {
