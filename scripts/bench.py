@@ -118,7 +118,7 @@ def histogram_quantile(m, name, q):
 class Service:
     """attnwatch run, configured by environment overrides for one topic and group."""
 
-    def __init__(self, binary, bootstrap, run, http, stride, perf=None):
+    def __init__(self, binary, bootstrap, run, http, stride, perf=None, fmt="attnwatch"):
         self.http = http
         env = dict(os.environ)
         env.update({
@@ -129,6 +129,7 @@ class Service:
             "ATTNWATCH__KAFKA__GROUP_ID": f"{run}-attnwatch",
             "ATTNWATCH__SERVER__LISTEN": http,
             "ATTNWATCH__MODEL__STRIDE": str(stride),
+            "ATTNWATCH__INGEST__FORMAT": fmt,
             "RUST_LOG": "warn",
         })
         self.log = tempfile.NamedTemporaryFile(prefix="attnwatch-bench-", suffix=".log", delete=False)
@@ -199,7 +200,8 @@ def loadgen(binary, bootstrap, topic, a, rate=None, points=None, series=None):
     cmd = [binary, "loadgen", "--brokers", bootstrap, "--topic", topic,
            "--series", str(series or a.series), "--points", str(points or a.points),
            "--partitions", str(a.partitions), "--per-message", str(a.per_message),
-           "--anomaly-rate", str(a.anomaly_rate), "--bad-rate", str(a.bad_rate), "--interval", "1m"]
+           "--anomaly-rate", str(a.anomaly_rate), "--bad-rate", str(a.bad_rate), "--interval", "1m",
+           "--format", a.format]
     if rate:
         cmd += ["--rate", str(rate)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -248,19 +250,25 @@ def main():
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--http", default="127.0.0.1:19898")
     ap.add_argument("--python", default=sys.executable, help="interpreter with confluent-kafka, onnxruntime, numpy")
+    ap.add_argument("--format", default="attnwatch", choices=["attnwatch", "influx", "telegraf_json", "prometheus_json"],
+                    help="input format written by loadgen and read by attnwatch (ingest.format); "
+                         "the Python peer reads only attnwatch's JSON and is skipped for the others")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--perf", metavar="FILE", help="record a perf profile of attnwatch's throughput run into FILE")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
+    if a.format != "attnwatch" and not a.skip_peer:
+        log(f"--format {a.format}: the Python peer reads only attnwatch's JSON; skipping it")
+        a.skip_peer = True
 
     run = f"bench-{int(time.time())}-{os.getpid()}"
     res = {"series": a.series, "points": a.points, "partitions": a.partitions, "per_message": a.per_message,
-           "stride": a.stride}
+           "stride": a.stride, "format": a.format}
     log(f"1/3 throughput: {a.series} series x {a.points} points, {a.partitions} partitions, "
-        f"{a.per_message} per message, stride {a.stride}")
+        f"{a.per_message} per message, stride {a.stride}, format {a.format}")
     messages = loadgen(a.binary, a.bootstrap, f"{run}-input", a)
-    svc = Service(a.binary, a.bootstrap, run, a.http, a.stride, perf=a.perf)
+    svc = Service(a.binary, a.bootstrap, run, a.http, a.stride, perf=a.perf, fmt=a.format)
     try:
         m, t_end = drain(svc, messages, timeout=1800)
         cpu = cpu_seconds(svc.proc.pid) - svc.cpu0
@@ -315,7 +323,7 @@ def main():
     log(f"2/3 latency at half the measured maximum: {offered} points/s for {a.latency_seconds} s")
     lat = f"{run}-lat"
     create_topics(a.binary, a.bootstrap, lat, a.partitions)
-    svc = Service(a.binary, a.bootstrap, lat, a.http, a.stride)
+    svc = Service(a.binary, a.bootstrap, lat, a.http, a.stride, fmt=a.format)
     try:
         per_series = max(a.stride + 64, int(offered * a.latency_seconds / a.series))
         n = loadgen(a.binary, a.bootstrap, f"{lat}-input", a, rate=offered, points=per_series)

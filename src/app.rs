@@ -208,6 +208,8 @@ impl App {
             }
         };
 
+        let alerting = crate::alerting::start(&config.alerting, &metrics.registry, http_addr)?;
+
         // Channels and stages.
         let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));
         let publisher = tokio::spawn(publish::run(
@@ -219,6 +221,7 @@ impl App {
                 max_in_flight: config.publish.max_in_flight,
                 publish: config.publish.clone(),
                 recent,
+                alerting,
             },
             store.clone(),
             metrics.clone(),
@@ -270,7 +273,8 @@ impl App {
             FeatureSet(None),
             metrics.clone(),
         )
-        .with_limits(config.ingest.limits());
+        .with_limits(config.ingest.limits())
+        .with_format(config.ingest.format, config.ingest.timestamp_unit());
         let ingest = tokio::spawn(consume::run(
             consumer.clone(),
             store.clone(),

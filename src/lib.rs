@@ -13,6 +13,7 @@
 //! score modules are pure (no I/O, no tokio), so they are cheap to test.
 #![warn(missing_docs)]
 
+pub mod alerting;
 pub mod app;
 pub mod backtest;
 pub mod cli;

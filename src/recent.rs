@@ -102,9 +102,10 @@ impl Recent {
         }
     }
 
-    /// Record one scored point (its highest-scoring feature).
-    pub fn record(&mut self, p: &ScoredPoint) {
-        let Some(f) = p.driver() else { return };
+    /// Record one scored point (its highest-scoring feature); the id of
+    /// the anomaly it is kept as, if it is one.
+    pub fn record(&mut self, p: &ScoredPoint) -> Option<u64> {
+        let f = p.driver()?;
         let view = PointView {
             ts: p.ts,
             value: f.value,
@@ -125,15 +126,14 @@ impl Recent {
             self.series
                 .put(p.series.clone(), VecDeque::with_capacity(cap.min(64)));
         }
-        let Some(ring) = self.series.get_mut(&p.series) else {
-            return;
-        };
+        let ring = self.series.get_mut(&p.series)?;
         if ring.len() >= cap {
             ring.pop_front();
             self.held.points -= 1;
         }
         ring.push_back(view);
         self.held.points += 1;
+        let mut kept = None;
         if view.anomaly {
             let anomaly = Anomaly {
                 id: self.next_id,
@@ -148,6 +148,7 @@ impl Recent {
                 context_ts: ring.iter().map(|v| v.ts).collect(),
                 context_values: ring.iter().map(|v| v.value).collect(),
             };
+            kept = Some(self.next_id);
             self.next_id += 1;
             if self.anomalies.len() >= self.cfg.anomalies.max(1) {
                 self.anomalies.pop_front();
@@ -156,6 +157,7 @@ impl Recent {
         }
         self.held.series = self.series.len();
         self.held.anomalies = self.anomalies.len();
+        kept
     }
 
     /// What is held now.
@@ -163,15 +165,18 @@ impl Recent {
         self.held
     }
 
-    /// Up to `limit` anomalies, newest first, of series whose id contains
-    /// `filter` (all if empty).
+    /// Up to `limit` anomalies of series whose id contains `filter` (all
+    /// if empty), newest point time first (arrival order only breaks ties:
+    /// partitions and replays arrive out of time order).
     pub fn anomalies(&self, filter: &str, limit: usize) -> Vec<&Anomaly> {
-        self.anomalies
+        let mut list: Vec<&Anomaly> = self
+            .anomalies
             .iter()
-            .rev()
             .filter(|a| filter.is_empty() || a.series.contains(filter))
-            .take(limit)
-            .collect()
+            .collect();
+        list.sort_by(|a, b| b.point.ts.cmp(&a.point.ts).then(b.id.cmp(&a.id)));
+        list.truncate(limit);
+        list
     }
 
     /// The anomaly with sequence number `id`, if still held.
@@ -290,9 +295,12 @@ mod tests {
             r.record(&point("web-01/cpu", ts, if ts == 4 { 9.0 } else { 0.2 }));
         }
         r.record(&point("db", 0, 3.0));
+        r.record(&point("db", 2, 3.0));
+        // Newest point time first, not arrival order.
         let newest = r.anomalies("", 10);
-        assert_eq!(newest.len(), 2);
-        assert_eq!(&*newest[0].series, "db");
+        let order: Vec<(&str, i64)> = newest.iter().map(|a| (&*a.series, a.point.ts)).collect();
+        assert_eq!(order, [("web-01/cpu", 4), ("db", 2), ("db", 0)]);
+        assert_eq!(r.anomalies("", 2).len(), 2);
         let a = r.anomalies("web", 10)[0];
         assert_eq!(a.context_ts, [1, 2, 3, 4], "the newest 4 points up to it");
         assert_eq!(a.context_values, [1.0, 2.0, 3.0, 4.0]);

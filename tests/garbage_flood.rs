@@ -40,6 +40,7 @@ async fn drain(test: &str, bad_rate: f64) -> (f64, Vec<Got>, Vec<Got>, u64) {
         bad_rate,
         rate: None,
         seed: 11,
+        format: attnwatch::ingest::decode::Format::Attnwatch,
     };
     let report = loadgen::run(&spec, |_| {}).await.unwrap();
     assert_eq!(report.points, (SERIES * POINTS) as u64);

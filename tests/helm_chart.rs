@@ -218,6 +218,28 @@ fn no_api_token_by_default_renders_nothing_for_it() {
 }
 
 #[test]
+fn alertmanager_is_off_by_default_and_wired_when_given() {
+    let cfg = config_of(&render(&[]).unwrap());
+    assert!(!cfg.alerting.enabled());
+    let docs = render(&[
+        "alertmanager.url=http://alertmanager-operated.monitoring:9093",
+        "alertmanager.groupBy={host,dc}",
+        "alertmanager.gap=10m",
+        "alertmanager.pageUrl=https://attnwatch.example",
+    ])
+    .unwrap();
+    let cfg = config_of(&docs);
+    assert!(cfg.alerting.enabled());
+    assert_eq!(
+        cfg.alerting.alertmanager_url,
+        "http://alertmanager-operated.monitoring:9093"
+    );
+    assert_eq!(cfg.alerting.group_by, ["host", "dc"]);
+    assert_eq!(cfg.alerting.gap, std::time::Duration::from_secs(600));
+    assert_eq!(cfg.alerting.page_url, "https://attnwatch.example");
+}
+
+#[test]
 fn api_token_from_an_existing_secret_as_a_file() {
     let docs = render(&["apiToken.existingSecret=attnwatch-api", "apiToken.key=tok"]).unwrap();
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];

@@ -5,7 +5,9 @@
 //! mouse click on one draws its explanation (the heatmap's pixels are
 //! checked), the token also works from the address (`/#token=...`), and
 //! the series filter works. Without a token the page is served directly.
-//! The screenshots are kept under `target/ui-screenshots/`.
+//! Every anomaly's own address (`/#anomaly=ID`) draws it. A labelled NAB
+//! series is caught inside its window, and that alert's address explains
+//! it. The screenshots are kept under `target/ui-screenshots/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -82,7 +84,11 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let ids: Vec<u64> = list.iter().map(|a| a["id"].as_u64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let times: Vec<i64> = list.iter().map(|a| a["ts"].as_i64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest point time first: {times:?}"
+    );
     let (_, only_db) = http_get(addr, "/api/anomalies?series=db-7").await;
     let only_db: Vec<Value> = serde_json::from_str(&only_db).unwrap();
     assert!(!only_db.is_empty() && only_db.iter().all(|a| a["series"] == "db-7/latency"));
@@ -160,6 +166,81 @@ async fn without_a_token_the_page_is_served_directly_and_reads_the_api() {
     })
     .await
     .unwrap();
+    shutdown.cancel();
+    app.wait().await.unwrap();
+}
+
+/// A labelled NAB series replayed through Kafka: the service alerts inside
+/// the labelled anomaly window, and that alert's own address draws its
+/// explanation (the screenshot the demo's page shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_nab_anomaly_is_caught_and_its_address_explains_it() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nab-dev");
+    let file = attnwatch::eval::load_corpus(&dir, &["art_daily_jumpsup".into()])
+        .unwrap()
+        .remove(0);
+    let (first, last) = file.labels.windows[0];
+    let (start, end) = (file.ts[first], file.ts[last]);
+    let names = Names::new("ui-nab");
+    create_topics(&names, 1).await;
+    let shutdown = CancellationToken::new();
+    let app = App::start(config(&names), shutdown.clone()).await.unwrap();
+    let addr = app.http_addr();
+    let p = producer();
+    let series = "art_daily_jumpsup";
+    for (ts, v) in file.ts.iter().zip(&file.values) {
+        produce(&p, &names.input, series, &sample(series, *ts, *v)).await;
+    }
+    // The first alert (an anomalous point that opened an incident) inside
+    // the labelled window, deadline-bounded.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let caught = loop {
+        let (_, body) = http_get(addr, "/api/anomalies?limit=1000").await;
+        let list: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let inside = list
+            .into_iter()
+            .filter(|a| {
+                a["alert"] == json!(true) && (start..=end).contains(&a["ts"].as_i64().unwrap())
+            })
+            .min_by_key(|a| a["ts"].as_i64().unwrap());
+        if let Some(a) = inside {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert inside the labelled window: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let id = caught["id"].as_u64().unwrap().to_string();
+    let url = format!("http://{addr}/#anomaly={id}");
+    let shot = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        b.call("Page.enable", json!({}));
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        b.call("Page.navigate", json!({ "url": url }));
+        b.wait_for(
+            "(document.body && document.body.dataset.drawn) || ''",
+            |v| v == &json!(id),
+        );
+        let summary = b.eval("document.getElementById('expl-summary').textContent");
+        let summary = summary.as_str().unwrap();
+        assert!(
+            summary.contains("This point opened its incident"),
+            "{summary}"
+        );
+        assert!(summary.contains("expected"), "{summary}");
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        b.screenshot(&dir.join("4-nab-caught.png"))
+    })
+    .await
+    .unwrap();
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "{shot:?}");
     shutdown.cancel();
     app.wait().await.unwrap();
 }
@@ -252,6 +333,11 @@ fn browse(url: &str, token: &str) -> Vec<PathBuf> {
         v.as_str().is_some_and(|s| !s.is_empty())
     });
     assert_eq!(drawn, rect["id"], "the clicked anomaly is the one drawn");
+    assert_eq!(
+        b.eval("location.hash").as_str().unwrap(),
+        format!("#anomaly={}", rect["id"].as_str().unwrap()),
+        "the selection has an address of its own"
+    );
     // The heatmap has a cell per context token and coloured pixels.
     let cells = b.eval("Number(document.getElementById('heatmap').dataset.cells || 0)");
     assert!(cells.as_u64().unwrap() >= 64, "heatmap cells: {cells}");
@@ -272,6 +358,21 @@ fn browse(url: &str, token: &str) -> Vec<PathBuf> {
         "{text}"
     );
     shots.push(b.screenshot(&dir.join("2-explanation.png")));
+
+    // The address of another anomaly, opened afresh, draws that one.
+    let last = b.eval("Array.from(document.querySelectorAll('#list tr')).pop().dataset.id");
+    let last = last.as_str().unwrap().to_string();
+    assert_ne!(json!(last), rect["id"]);
+    b.call("Page.navigate", json!({ "url": "about:blank" }));
+    b.wait_for("location.href", |v| v == "about:blank");
+    b.call(
+        "Page.navigate",
+        json!({ "url": format!("{url}#anomaly={last}") }),
+    );
+    b.wait_for(
+        "(document.body && document.body.dataset.drawn) || ''",
+        |v| v == &json!(last),
+    );
 
     // The filter.
     b.call(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod alerting;
 pub mod cli;
 mod ingest;
 mod kafka;
@@ -19,6 +20,7 @@ mod score;
 mod server;
 mod window;
 
+pub use alerting::AlertingConfig;
 pub use ingest::IngestConfig;
 pub use kafka::{Delivery, KafkaConfig, SecretSource, SECRET_PROPERTIES};
 pub use model::{ModelConfig, Provider};
@@ -88,6 +90,9 @@ pub struct Config {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Incidents across series, and Alertmanager.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
 }
 
 macro_rules! default_from_serde {
@@ -112,7 +117,8 @@ default_from_serde!(
     PublishConfig,
     ServerConfig,
     UiConfig,
-    ShutdownConfig
+    ShutdownConfig,
+    AlertingConfig
 );
 
 impl Config {
@@ -207,6 +213,7 @@ impl Config {
             }
         }
         self.ingest.problems(&mut problems);
+        self.alerting.problems(&mut problems);
         self.server.problems(&mut problems);
         let w = &self.window;
         if w.interval.is_some_and(|d| d.as_millis() == 0) {

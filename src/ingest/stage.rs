@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::decode::{self, FeatureSet, Limits, Sample, Values};
+use super::decode::{self, FeatureSet, Format, Limits, Sample, TimeUnit, Values};
 use crate::flow::{DeadLetter, FeatureJob, Job, Labels, Mode, StaleEvent, Token};
 use crate::metrics::Metrics;
 use crate::window::{Counters, Emitted, IdleTimers, Mark, Settings, Windows};
@@ -61,6 +61,8 @@ pub struct Planner {
     windows: Windows,
     features: FeatureSet,
     limits: Limits,
+    /// What the messages hold, and the unit of integer timestamps.
+    format: (Format, TimeUnit),
     metrics: Metrics,
     /// Window counters already reported to the metrics.
     reported: Counters,
@@ -78,6 +80,7 @@ impl Planner {
             windows: Windows::new(settings),
             features,
             limits: Limits::DEFAULT,
+            format: (Format::Attnwatch, Format::Attnwatch.default_unit()),
             metrics,
             reported: Counters::default(),
             value_feature: Arc::from("value"),
@@ -88,6 +91,13 @@ impl Planner {
     /// The same planner with other input bounds (`[ingest]`).
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The same planner reading another input format (`ingest.format`),
+    /// integer timestamps in `unit`.
+    pub fn with_format(mut self, format: Format, unit: TimeUnit) -> Self {
+        self.format = (format, unit);
         self
     }
 
@@ -122,7 +132,8 @@ impl Planner {
     ) -> Plan {
         let mut plan = Plan::default();
         let publish = mode == Mode::Publish;
-        for item in decode::decode(payload, &self.features, &self.limits) {
+        let (format, unit) = self.format;
+        for item in decode::decode_as(format, unit, payload, &self.features, &self.limits) {
             match item {
                 Ok(sample) => {
                     if publish {

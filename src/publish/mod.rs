@@ -31,6 +31,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
+use crate::alerting::Alerting;
 use crate::config::PublishConfig;
 use crate::flow::{Acknowledge, Outgoing, Token};
 use crate::ingest::client;
@@ -51,6 +52,9 @@ pub struct PublishSettings {
     pub publish: PublishConfig,
     /// The web page's store, fed with every scored point (None: no page).
     pub recent: Option<SharedRecent>,
+    /// Incidents across series and Alertmanager (None: off), fed with
+    /// every scored point after the page.
+    pub alerting: Option<Alerting>,
 }
 
 const RETRY_BACKOFF_START: Duration = Duration::from_millis(100);
@@ -193,7 +197,7 @@ impl Publisher {
 pub async fn run(
     publisher: Publisher,
     mut rx: mpsc::Receiver<Outgoing>,
-    settings: PublishSettings,
+    mut settings: PublishSettings,
     acker: Arc<dyn Acknowledge>,
     metrics: Metrics,
 ) {
@@ -202,6 +206,7 @@ pub async fn run(
         retry,
         in_flight,
     } = publisher;
+    let mut alerting = settings.alerting.take();
     let mut buf = Vec::with_capacity(1024);
     let mut items = Vec::with_capacity(BATCH);
     let mut open = true;
@@ -225,8 +230,16 @@ pub async fn run(
                     continue;
                 }
                 let started = std::time::Instant::now();
-                if let Some(recent) = &settings.recent {
-                    remember(recent, &items, &metrics);
+                let page_ids = match &settings.recent {
+                    Some(recent) => remember(recent, &items, &metrics),
+                    None => Vec::new(),
+                };
+                if let Some(alerting) = alerting.as_mut() {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Outgoing::Point(p) = item {
+                            alerting.observe(p, page_ids.get(i).copied().flatten());
+                        }
+                    }
                 }
                 for item in items.drain(..) {
                     publish(&producer, &settings, &mut buf, item, acker.as_ref(), &metrics, &in_flight).await;
@@ -243,17 +256,20 @@ pub async fn run(
 }
 
 /// Give the web page's store the scored points of a batch (one lock per
-/// batch), and update its metrics.
-fn remember(recent: &SharedRecent, items: &[Outgoing], metrics: &Metrics) {
+/// batch), and update its metrics. Returns, per item, the page's id of the
+/// anomaly it was kept as.
+fn remember(recent: &SharedRecent, items: &[Outgoing], metrics: &Metrics) -> Vec<Option<u64>> {
     let Ok(mut r) = recent.lock() else {
-        return; // poisoned by a panic elsewhere: the page stops updating
+        return Vec::new(); // poisoned by a panic elsewhere: the page stops updating
     };
     let before = r.held().series_evicted;
-    for item in items {
-        if let Outgoing::Point(p) = item {
-            r.record(p);
-        }
-    }
+    let ids = items
+        .iter()
+        .map(|item| match item {
+            Outgoing::Point(p) => r.record(p),
+            _ => None,
+        })
+        .collect();
     let held = r.held();
     drop(r);
     metrics
@@ -267,6 +283,7 @@ fn remember(recent: &SharedRecent, items: &[Outgoing], metrics: &Metrics) {
     ] {
         metrics.ui_held.with_label_values(&[kind]).set(n as i64);
     }
+    ids
 }
 
 /// Encode one item and hand it to the producer (or acknowledge it at once).

@@ -9,6 +9,12 @@
 //! amplitudes), and a share of records is malformed in one of the ways the
 //! decoder rejects, interleaved with good ones.
 //!
+//! `format` writes the points as other tools would (`ingest.format`):
+//! Influx line protocol (a message of newline-separated lines), Telegraf's
+//! JSON (a batch `{"metrics": [...]}` when more than one point), or
+//! prometheus-kafka-adapter's JSON (one sample per message). The series
+//! are then named `loadgen,series=s000001` and `loadgen{series="s000001"}`.
+//!
 //! Unpaced by default; with `rate`, points are offered at that steady rate
 //! (for latency under a known load). The record timestamps are the grid
 //! times; the Kafka message timestamp is the send time, which is what the
@@ -23,6 +29,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+
+use crate::ingest::decode::Format;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -51,6 +59,8 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// Seed of the generator.
     pub seed: u64,
+    /// How the points are written.
+    pub format: Format,
 }
 
 /// What was produced.
@@ -171,10 +181,52 @@ fn point(s: &Shape, t: usize, spec: &LoadSpec, rng: &mut Rng) -> (String, bool) 
         let sign = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
         v += sign * (5.0 + 4.0 * rng.uniform()) * s.amp;
     }
-    (
-        format!(r#"{{"series":"{}","ts":{ts},"value":{v:.6}}}"#, s.name),
-        anomaly,
-    )
+    (render(spec.format, &s.name, ts, v), anomaly)
+}
+
+/// One point of `series` in `format`.
+fn render(format: Format, series: &str, ts: i64, v: f64) -> String {
+    match format {
+        Format::Attnwatch => format!(r#"{{"series":"{series}","ts":{ts},"value":{v:.6}}}"#),
+        Format::Influx => format!("loadgen,series={series} value={v:.6} {}", ts * 1_000_000),
+        Format::TelegrafJson => format!(
+            r#"{{"fields":{{"value":{v:.6}}},"name":"loadgen","tags":{{"series":"{series}"}},"timestamp":{}}}"#,
+            ts / 1000
+        ),
+        Format::PrometheusJson => {
+            let time = chrono::DateTime::from_timestamp_millis(ts)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            format!(
+                r#"{{"timestamp":"{time}","value":"{v}","name":"loadgen","labels":{{"__name__":"loadgen","series":"{series}"}}}}"#
+            )
+        }
+    }
+}
+
+/// A malformed record of a foreign format (its own reason rotates less:
+/// one bad variant per format).
+fn bad_foreign(format: Format, series: &str) -> String {
+    match format {
+        Format::Influx => format!("loadgen,series={series} value= 1700000000000000000"),
+        Format::TelegrafJson => {
+            format!(
+                r#"{{"fields":{{}},"name":"loadgen","tags":{{"series":"{series}"}},"timestamp":1700000000}}"#
+            )
+        }
+        Format::PrometheusJson | Format::Attnwatch => format!(
+            r#"{{"timestamp":"2023-11-14T22:13:20Z","value":"NaN","name":"loadgen","labels":{{"series":"{series}"}}}}"#
+        ),
+    }
+}
+
+/// The message of several records in `format`.
+fn batch(format: Format, records: &[String]) -> String {
+    match format {
+        Format::Influx => records.join("\n"),
+        Format::TelegrafJson => format!(r#"{{"metrics":[{}]}}"#, records.join(",")),
+        Format::Attnwatch | Format::PrometheusJson => format!("[{}]", records.join(",")),
+    }
 }
 
 struct Counting {
@@ -234,7 +286,10 @@ pub async fn run(spec: &LoadSpec, mut progress: impl FnMut(u64)) -> Result<LoadR
             let mut records = Vec::with_capacity(k);
             for t in t0..(t0 + k).min(spec.points) {
                 if rng.uniform() < spec.bad_rate {
-                    records.push(bad_record(bad_kind, &s.name));
+                    records.push(match spec.format {
+                        Format::Attnwatch => bad_record(bad_kind, &s.name),
+                        f => bad_foreign(f, &s.name),
+                    });
                     bad_kind += 1;
                     report.bad += 1;
                 }
@@ -245,6 +300,8 @@ pub async fn run(spec: &LoadSpec, mut progress: impl FnMut(u64)) -> Result<LoadR
             }
             let payload = if records.len() == 1 {
                 records.swap_remove(0)
+            } else if spec.format != Format::Attnwatch {
+                batch(spec.format, &records)
             } else if records.iter().any(|r| r.starts_with("{not")) {
                 // An invalid record inside an array would spoil the array:
                 // send it on its own.
@@ -344,6 +401,7 @@ mod tests {
             bad_rate: 0.0,
             rate: None,
             seed: 3,
+            format: Format::Attnwatch,
         };
         let shape = Shape {
             name: "s1".into(),
@@ -365,6 +423,55 @@ mod tests {
     }
 
     #[test]
+    fn every_format_decodes_to_the_same_point() {
+        use crate::ingest::decode::{decode_as, FeatureSet, Limits, Values};
+        let ts = 1_700_000_040_000;
+        for (format, series) in [
+            (Format::Attnwatch, "s000001"),
+            (Format::Influx, "loadgen,series=s000001"),
+            (Format::TelegrafJson, "loadgen,series=s000001"),
+            (Format::PrometheusJson, r#"loadgen{series="s000001"}"#),
+        ] {
+            let one = render(format, "s000001", ts, 2.5);
+            let two = batch(
+                format,
+                &[one.clone(), render(format, "s000001", ts + 60_000, -1.0)],
+            );
+            let payloads = match format {
+                Format::PrometheusJson => vec![one],
+                _ => vec![one, two],
+            };
+            for payload in payloads {
+                let out = decode_as(
+                    format,
+                    format.default_unit(),
+                    payload.as_bytes(),
+                    &FeatureSet::default(),
+                    &Limits::DEFAULT,
+                );
+                let s = out[0].as_ref().unwrap();
+                assert_eq!((s.series.as_str(), s.ts), (series, ts), "{payload}");
+                let v = match &s.values {
+                    Values::Single(v) => *v,
+                    Values::Multi(f) => f[0].1,
+                };
+                assert_eq!(v, 2.5, "{payload}");
+            }
+            let bad = bad_foreign(format, "s000001");
+            if format != Format::Attnwatch {
+                let out = decode_as(
+                    format,
+                    format.default_unit(),
+                    bad.as_bytes(),
+                    &FeatureSet::default(),
+                    &Limits::DEFAULT,
+                );
+                assert!(out.iter().all(Result::is_err), "{bad}");
+            }
+        }
+    }
+
+    #[test]
     fn every_bad_kind_is_rejected_by_the_decoder() {
         use crate::ingest::decode::{decode, FeatureSet, Limits, Reason};
         let mut reasons = std::collections::BTreeSet::new();
@@ -382,7 +489,14 @@ mod tests {
             .iter()
             .filter(|c| !reasons.contains(*c))
             .collect();
-        assert_eq!(left, [&"unknown_feature", &"message_too_large"]);
+        assert_eq!(
+            left,
+            [
+                &"invalid_line_protocol",
+                &"unknown_feature",
+                &"message_too_large"
+            ]
+        );
         assert_eq!(bad_record(BAD_KINDS, "s1"), bad_record(0, "s1"), "rotated");
     }
 }
@@ -426,6 +540,17 @@ pub struct LoadgenArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How the points are written: attnwatch, influx, telegraf_json or
+    /// prometheus_json (one point per message; the service's
+    /// `ingest.format` must match).
+    #[arg(long, default_value = "attnwatch", value_parser = parse_format)]
+    format: Format,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("unknown format {s:?}: attnwatch, influx, telegraf_json or prometheus_json")
+    })
 }
 
 /// Run `attnwatch loadgen`.
@@ -437,6 +562,10 @@ pub fn exec(a: LoadgenArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.series > 0 && a.points > 0,
         "--series and --points must be positive"
+    );
+    anyhow::ensure!(
+        a.format != Format::PrometheusJson || a.per_message <= 1,
+        "--format prometheus_json writes one sample per message, as the adapter does: --per-message must be 1"
     );
     let interval_ms = i64::try_from(a.interval.as_millis())
         .unwrap_or(i64::MAX)
@@ -457,6 +586,7 @@ pub fn exec(a: LoadgenArgs) -> anyhow::Result<()> {
         bad_rate: a.bad_rate,
         rate: a.rate,
         seed: a.seed,
+        format: a.format,
     };
     let total = (a.series * a.points).div_ceil(a.per_message.max(1));
     let r = crate::cli::runtime()?.block_on(run(&spec, |sent| {

@@ -1,7 +1,9 @@
 //! Operator tools that sit beside the service: replaying a file into the
-//! input topic, generating a synthetic load, and summarising an output topic. They use the same message
+//! input topic, generating a synthetic load, summarising an output topic
+//! (with its alerts beside labelled windows). They use the same message
 //! formats as the service and are what the demo and load tests drive.
 
+pub mod labels;
 pub mod loadgen;
 pub mod replay;
 pub mod summarize;

@@ -22,6 +22,9 @@ pub struct ScoreRecord {
     pub score: f64,
     /// Anomaly flag.
     pub anomaly: bool,
+    /// This point opened an incident (what would page someone).
+    #[serde(default)]
+    pub alert: bool,
     /// Raw model score.
     pub raw_score: f64,
 }
@@ -78,9 +81,10 @@ pub fn render(records: &[ScoreRecord], top: usize) -> String {
     let anomalies: Vec<&ScoreRecord> = records.iter().filter(|r| r.anomaly).collect();
     let _ = writeln!(
         s,
-        "scored points: {}   anomalies: {}",
+        "scored points: {}   anomalies: {}   alerts: {}",
         records.len(),
-        anomalies.len()
+        anomalies.len(),
+        anomalies.iter().filter(|r| r.alert).count()
     );
     let _ = writeln!(
         s,
@@ -95,8 +99,8 @@ pub fn render(records: &[ScoreRecord], top: usize) -> String {
     let _ = writeln!(s, "top {} points by score:", top.min(ranked.len()));
     let _ = writeln!(
         s,
-        "  {:<22} {:>14} {:>9} {:>9}  anomaly",
-        "time (UTC)", "value", "score", "raw"
+        "  {:<24} {:<22} {:>14} {:>9} {:>9}  anomaly",
+        "series", "time (UTC)", "value", "score", "raw"
     );
     for r in ranked.iter().take(top) {
         let when = chrono::DateTime::from_timestamp_millis(r.ts)
@@ -104,12 +108,17 @@ pub fn render(records: &[ScoreRecord], top: usize) -> String {
             .unwrap_or_else(|| r.ts.to_string());
         let _ = writeln!(
             s,
-            "  {:<22} {:>14.3} {:>9.3} {:>9.3}  {}",
+            "  {:<24} {:<22} {:>14.3} {:>9.3} {:>9.3}  {}",
+            r.series.chars().take(24).collect::<String>(),
             when,
             r.value.unwrap_or(f64::NAN),
             r.score,
             r.raw_score,
-            if r.anomaly { "YES" } else { "" }
+            match (r.anomaly, r.alert) {
+                (true, true) => "YES (alert)",
+                (true, false) => "YES",
+                _ => "",
+            }
         );
     }
     s
@@ -127,6 +136,7 @@ mod tests {
             value: Some(1.0),
             score,
             anomaly,
+            alert: anomaly,
             raw_score: score * 4.0,
         };
         let text = render(
@@ -164,6 +174,11 @@ pub struct SummarizeArgs {
     /// How many top-scoring points to list.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// NAB's combined_windows.json: print each labelled series' alerts
+    /// beside its anomaly windows (caught, missed, false). A series matches
+    /// the file whose stem is its id (replay's default id).
+    #[arg(long)]
+    labels: Option<std::path::PathBuf>,
 }
 
 /// Run `attnwatch summarize`.
@@ -173,6 +188,15 @@ pub fn exec(a: SummarizeArgs) -> anyhow::Result<()> {
         .block_on(collect(&a.brokers, &a.topic, a.expect, a.timeout))
         .context("reading the output topic")?;
     print!("{}", render(&records, a.top));
+    if let Some(path) = &a.labels {
+        let windows = super::labels::read_windows(path)?;
+        let (text, _) = super::labels::against(&records, &windows);
+        println!(
+            "\nalerts beside the labelled anomaly windows ({}):",
+            path.display()
+        );
+        print!("{text}");
+    }
     if records.len() < a.expect {
         anyhow::bail!(
             "only {} of {} records arrived within {:?}",

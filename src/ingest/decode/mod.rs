@@ -7,6 +7,10 @@
 //! that is larger than [`Limits::max_message_bytes`] (checked before any
 //! parsing), is rejected whole.
 //!
+//! Other tools' formats (Influx line protocol, Telegraf's JSON,
+//! prometheus-kafka-adapter's JSON) are decoded by [`formats`] to the same
+//! samples, under the same bounds and reasons ([`decode_as`]).
+//!
 //! Every input is bounded ([`Limits`]): the message size, the length of a
 //! series id, the number of labels and the length of each label key and
 //! value. A record over a bound is rejected like any other bad record.
@@ -15,6 +19,10 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+pub mod formats;
+
+pub use formats::{Format, TimeUnit};
 
 /// Earliest accepted timestamp (epoch ms): 1970-01-01.
 pub const MIN_TS_MS: i64 = 0;
@@ -82,6 +90,9 @@ pub enum Reason {
     /// Not valid JSON (includes `NaN` literals and empty messages).
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// A line that is not InfluxDB line protocol (`ingest.format = "influx"`).
+    #[error("invalid line protocol: {0}")]
+    InvalidLineProtocol(String),
     /// Valid JSON but not an object (or array of objects).
     #[error("record is not a JSON object")]
     NotAnObject,
@@ -153,6 +164,7 @@ impl Reason {
     pub fn code(&self) -> &'static str {
         match self {
             Reason::InvalidJson(_) => "invalid_json",
+            Reason::InvalidLineProtocol(_) => "invalid_line_protocol",
             Reason::NotAnObject => "not_an_object",
             Reason::MissingSeries => "missing_series",
             Reason::MissingTimestamp => "missing_timestamp",
@@ -172,8 +184,9 @@ impl Reason {
 
     /// Every reason code the decoder gives, in the order of the variants,
     /// for pre-registering metrics. (The model stage adds `no_forecast`.)
-    pub const ALL_CODES: [&'static str; 15] = [
+    pub const ALL_CODES: [&'static str; 16] = [
         "invalid_json",
+        "invalid_line_protocol",
         "not_an_object",
         "missing_series",
         "missing_timestamp",
@@ -237,6 +250,29 @@ pub fn decode(
     } else {
         vec![decode_object(payload, features, limits)]
     }
+}
+
+/// Decode one message in `format`, integer timestamps in `unit`. The size
+/// bound is checked first, for every format.
+pub fn decode_as(
+    format: Format,
+    unit: TimeUnit,
+    payload: &[u8],
+    features: &FeatureSet,
+    limits: &Limits,
+) -> Vec<Result<Sample, DecodeError>> {
+    if format == Format::Attnwatch || payload.len() > limits.max_message_bytes {
+        return decode(payload, features, limits);
+    }
+    formats::decode(
+        payload,
+        formats::Foreign {
+            format,
+            unit,
+            features,
+            limits,
+        },
+    )
 }
 
 fn decode_object(

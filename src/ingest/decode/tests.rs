@@ -264,20 +264,21 @@ fn limits_apply_to_each_element_of_an_array() {
 fn position(r: &Reason) -> usize {
     match r {
         Reason::InvalidJson(_) => 0,
-        Reason::NotAnObject => 1,
-        Reason::MissingSeries => 2,
-        Reason::MissingTimestamp => 3,
-        Reason::BadTimestamp(_) => 4,
-        Reason::TimestampOutOfRange(_) => 5,
-        Reason::MissingValue => 6,
-        Reason::NonFiniteValue(_) => 7,
-        Reason::WrongType(_) => 8,
-        Reason::UnknownField(_) => 9,
-        Reason::UnknownFeature(_) => 10,
-        Reason::MessageTooLarge { .. } => 11,
-        Reason::SeriesTooLong { .. } => 12,
-        Reason::TooManyLabels { .. } => 13,
-        Reason::LabelTooLong { .. } => 14,
+        Reason::InvalidLineProtocol(_) => 1,
+        Reason::NotAnObject => 2,
+        Reason::MissingSeries => 3,
+        Reason::MissingTimestamp => 4,
+        Reason::BadTimestamp(_) => 5,
+        Reason::TimestampOutOfRange(_) => 6,
+        Reason::MissingValue => 7,
+        Reason::NonFiniteValue(_) => 8,
+        Reason::WrongType(_) => 9,
+        Reason::UnknownField(_) => 10,
+        Reason::UnknownFeature(_) => 11,
+        Reason::MessageTooLarge { .. } => 12,
+        Reason::SeriesTooLong { .. } => 13,
+        Reason::TooManyLabels { .. } => 14,
+        Reason::LabelTooLong { .. } => 15,
     }
 }
 
@@ -294,6 +295,7 @@ fn every_code_is_listed() {
     let features = FeatureSet(Some(vec!["flow".into()]));
     let inputs: [&str; Reason::ALL_CODES.len()] = [
         "{",
+        "cpu value=1 1 trailing",
         "1",
         "{}",
         r#"{"series":"a"}"#,
@@ -311,7 +313,12 @@ fn every_code_is_listed() {
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (i, input) in inputs.iter().enumerate() {
-        let out = decode(input.as_bytes(), &features, &limits);
+        let format = if i == 1 {
+            Format::Influx
+        } else {
+            Format::Attnwatch
+        };
+        let out = decode_as(format, TimeUnit::Ns, input.as_bytes(), &features, &limits);
         let reason = &out[0].as_ref().unwrap_err().reason;
         assert_eq!(position(reason), i, "{input}: {reason:?}");
         assert_eq!(reason.code(), Reason::ALL_CODES[i], "{input}");

@@ -1,0 +1,252 @@
+//! Alerting: the scored points' alerts joined into incidents across series
+//! ([`group`]), and the incidents posted to Alertmanager
+//! ([`alertmanager`]).
+//!
+//! [`Alerting`] runs inside the publish task, on every scored point, after
+//! the page has kept it (so an alert can link to its page). It is pure but
+//! for handing notices to the notifier's bounded queue; a full queue drops
+//! the notice and counts it (`attnwatch_alertmanager_dropped_total`), it
+//! never slows the scores down. Off unless `alerting.alertmanager_url` is
+//! set.
+//!
+//! Incidents are kept per replica, in memory: series of one group must be
+//! read by the same replica (key the input by the grouping label, as
+//! Telegraf's `routing_tag = "host"` does), and an incident open at a
+//! restart is opened again by its next anomalous point.
+
+pub mod alertmanager;
+pub mod group;
+
+use std::net::SocketAddr;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AlertingConfig;
+use crate::flow::ScoredPoint;
+use alertmanager::{Notice, Target};
+use group::{Groups, Observation};
+
+/// Register the metrics and start the notifier when alerting is on (its
+/// task ends when the returned grouping, and its queue, is dropped); the
+/// page is at `http_addr` unless `page_url` says otherwise.
+pub fn start(
+    cfg: &AlertingConfig,
+    registry: &Registry,
+    http_addr: SocketAddr,
+) -> Result<Option<Alerting>, prometheus::Error> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let metrics = AlertMetrics::register(registry)?;
+    let (tx, rx) = flume::bounded(cfg.queue.max(1));
+    let page = if cfg.page_url.trim().is_empty() {
+        format!("http://{http_addr}")
+    } else {
+        cfg.page_url.trim().to_string()
+    };
+    let target = Target {
+        url: cfg.alertmanager_url.trim().to_string(),
+        timeout: cfg.timeout,
+        resend: cfg.resend,
+        max_attempts: cfg.max_attempts,
+    };
+    tracing::info!(alertmanager = %target.url, group_by = ?cfg.group_by, gap = ?cfg.gap, "alerting: incidents go to Alertmanager");
+    tokio::spawn(alertmanager::run(
+        rx,
+        target,
+        metrics.clone(),
+        CancellationToken::new(),
+    ));
+    let gap_ms = i64::try_from(cfg.gap.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(Alerting::new(
+        Groups::new(cfg.group_by.clone(), gap_ms),
+        tx,
+        page,
+        metrics,
+    )))
+}
+
+/// The alerting metrics.
+#[derive(Debug, Clone)]
+pub struct AlertMetrics {
+    /// Incident events, by `event` (`open`, `update`, `close`).
+    pub incidents: IntCounterVec,
+    /// Incidents open now (as Alertmanager was last told).
+    pub open: IntGauge,
+    /// Posts to Alertmanager that succeeded, by `kind` (`open`, `update`,
+    /// `close`, `resend`).
+    pub sent: IntCounterVec,
+    /// Failed post attempts (each retry counts).
+    pub errors: IntCounter,
+    /// Notices not delivered, by `reason` (`queue_full`, `gave_up`).
+    pub dropped: IntCounterVec,
+}
+
+impl AlertMetrics {
+    /// Create and register the alerting metrics in `registry`, every label
+    /// value present from the start.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let incidents = IntCounterVec::new(
+            Opts::new(
+                "attnwatch_incidents_total",
+                "Incidents across series, by event (open, update, close)",
+            ),
+            &["event"],
+        )?;
+        let open = IntGauge::new(
+            "attnwatch_incidents_open",
+            "Incidents open, as Alertmanager was last told",
+        )?;
+        let sent = IntCounterVec::new(
+            Opts::new(
+                "attnwatch_alertmanager_sent_total",
+                "Posts to Alertmanager that succeeded, by kind (open, update, close, resend)",
+            ),
+            &["kind"],
+        )?;
+        let errors = IntCounter::new(
+            "attnwatch_alertmanager_errors_total",
+            "Failed post attempts to Alertmanager (each retry counts)",
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "attnwatch_alertmanager_dropped_total",
+                "Incident notices never delivered to Alertmanager, by reason (queue_full, gave_up)",
+            ),
+            &["reason"],
+        )?;
+        for e in ["open", "update", "close"] {
+            incidents.with_label_values(&[e]);
+        }
+        for k in ["open", "update", "close", "resend"] {
+            sent.with_label_values(&[k]);
+        }
+        for r in ["queue_full", "gave_up"] {
+            dropped.with_label_values(&[r]);
+        }
+        registry.register(Box::new(incidents.clone()))?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        Ok(AlertMetrics {
+            incidents,
+            open,
+            sent,
+            errors,
+            dropped,
+        })
+    }
+}
+
+/// The grouping, fed by the publish task.
+#[derive(Debug, Clone)]
+pub struct Alerting {
+    groups: Groups,
+    tx: flume::Sender<Notice>,
+    page: String,
+    metrics: AlertMetrics,
+}
+
+impl Alerting {
+    /// Group by `group_by` with `gap_ms`, notify through `tx`, link to the
+    /// page at `page`.
+    pub fn new(
+        groups: Groups,
+        tx: flume::Sender<Notice>,
+        page: String,
+        metrics: AlertMetrics,
+    ) -> Self {
+        Alerting {
+            groups,
+            tx,
+            page,
+            metrics,
+        }
+    }
+
+    /// The next scored point; `page_id` is its id on the page, if kept.
+    pub fn observe(&mut self, p: &ScoredPoint, page_id: Option<u64>) {
+        let Some(o) = observation(p, page_id) else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        for event in self.groups.observe(&o) {
+            self.metrics
+                .incidents
+                .with_label_values(&[event.kind()])
+                .inc();
+            let alert = alertmanager::alert_of(&event, &self.page, now);
+            if self.tx.try_send(Notice { event, alert }).is_err() {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+            }
+        }
+    }
+}
+
+/// What the grouping needs of a scored point; the words only for an
+/// anomalous one.
+pub fn observation(p: &ScoredPoint, page_id: Option<u64>) -> Option<Observation> {
+    let f = p.driver()?;
+    let anomaly = p.anomaly();
+    Some(Observation {
+        series: p.series.clone(),
+        labels: p.labels.clone(),
+        ts: p.ts,
+        anomaly,
+        score: f.scored.score,
+        why: if anomaly { why(p) } else { String::new() },
+        page_id: if anomaly { page_id } else { None },
+    })
+}
+
+/// The strongest feature's explanation in words: value, expected, the
+/// channel that drove the score, and the most attended time ranges.
+pub fn why(p: &ScoredPoint) -> String {
+    let Some(f) = p.driver() else {
+        return String::new();
+    };
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M").to_string(),
+        )
+    };
+    let feature = if &*f.feature == "value" {
+        String::new()
+    } else {
+        format!(" ({})", f.feature)
+    };
+    let ranges: Vec<String> = f
+        .explanation
+        .top(3)
+        .map(|r| {
+            format!(
+                "{:.0}% on {} - {}",
+                100.0 * r.weight,
+                time(r.start_ts),
+                time(r.end_ts)
+            )
+        })
+        .collect();
+    format!(
+        "{}{feature} at {} UTC: value {}, expected {} ± {} (3 scales); score {:.2} over threshold {:.2}, driven by the {} channel; attention {}",
+        p.series,
+        time(p.ts),
+        f.value,
+        f.expected,
+        3.0 * f.expected_std,
+        f.scored.score,
+        f.scored.threshold,
+        f.scored.channels.strongest(),
+        if ranges.is_empty() {
+            "not kept".to_string()
+        } else {
+            ranges.join(", ")
+        }
+    )
+}
