@@ -57,14 +57,6 @@ fn binary() -> String {
     panic!("Alertmanager is not installed: run scripts/setup (Debian's prometheus-alertmanager)");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Start Alertmanager with one webhook receiver at `hook`, sending
 /// resolved notifications too, grouping by incident with short waits.
 async fn start_alertmanager(hook: SocketAddr) -> Alertmanager {

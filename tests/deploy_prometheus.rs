@@ -32,14 +32,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every `expr` of the dashboard's panel targets.
 fn dashboard_exprs() -> Vec<(String, String)> {
     let d: serde_json::Value = serde_json::from_str(

@@ -215,13 +215,7 @@ async fn a_labelled_nab_anomaly_is_caught_and_its_address_explains_it() {
     let id = caught["id"].as_u64().unwrap().to_string();
     let url = format!("http://{addr}/#anomaly={id}");
     let shot = tokio::task::spawn_blocking(move || {
-        let mut b = Browser::launch();
-        b.call("Page.enable", json!({}));
-        b.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-        );
-        b.call("Page.navigate", json!({ "url": url }));
+        let mut b = Browser::open(&url);
         b.wait_for(
             "(document.body && document.body.dataset.drawn) || ''",
             |v| v == &json!(id),
@@ -274,13 +268,7 @@ fn type_into(b: &mut Browser, id: &str, text: &str) {
 /// again with the token in the address; filter by series. Returns the
 /// screenshots taken.
 fn browse(url: &str, token: &str) -> Vec<PathBuf> {
-    let mut b = Browser::launch();
-    b.call("Page.enable", json!({}));
-    b.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
-    );
-    b.call("Page.navigate", json!({ "url": url }));
+    let mut b = Browser::open(url);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let mut shots = Vec::new();
@@ -411,6 +399,18 @@ impl Drop for TempDir {
 }
 
 impl Browser {
+    /// A browser with a 1400 x 1000 window, at `url`.
+    fn open(url: &str) -> Self {
+        let mut b = Browser::launch();
+        b.call("Page.enable", json!({}));
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        b.call("Page.navigate", json!({ "url": url }));
+        b
+    }
+
     fn launch() -> Self {
         let profile = std::env::temp_dir().join(unique("attnwatch-chromium"));
         let mut child = Command::new("chromium")

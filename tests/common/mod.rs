@@ -44,6 +44,16 @@ pub fn contract() -> attnwatch::model::Contract {
         .clone()
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (for a companion server
+/// that takes its address on the command line).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::rng().random::<u64>())
 }

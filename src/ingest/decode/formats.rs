@@ -21,12 +21,13 @@
 //! does not use are ignored, so a newer tool version that adds one is not
 //! rejected.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{DecodeError, FeatureSet, Limits, Reason, Sample, Values, MAX_TS_MS, MIN_TS_MS};
+use super::{
+    bounded_labels as labels, strings, DecodeError, FeatureSet, Limits, Reason, Sample, Values,
+    MAX_TS_MS, MIN_TS_MS,
+};
 
 /// What the messages of the input topic hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -335,44 +336,6 @@ fn rfc3339(s: &str) -> Result<i64, Reason> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
         .map_err(|e| Reason::BadTimestamp(format!("{s:?}: {e}")))
-}
-
-fn strings(map: Map<String, Value>, field: &'static str) -> Result<Vec<(String, String)>, Reason> {
-    map.into_iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => Ok((k, s)),
-            _ => Err(Reason::WrongType(field)),
-        })
-        .collect()
-}
-
-fn labels(
-    pairs: Vec<(String, String)>,
-    limits: &Limits,
-) -> Result<BTreeMap<String, String>, Reason> {
-    if pairs.len() > limits.max_labels {
-        return Err(Reason::TooManyLabels {
-            count: pairs.len(),
-            max: limits.max_labels,
-        });
-    }
-    let too_long = |part, len| Reason::LabelTooLong {
-        part,
-        len,
-        max: limits.max_label_bytes,
-    };
-    pairs
-        .into_iter()
-        .map(|(k, v)| {
-            if k.len() > limits.max_label_bytes {
-                Err(too_long("key", k.len()))
-            } else if v.len() > limits.max_label_bytes {
-                Err(too_long("value", v.len()))
-            } else {
-                Ok((k, v))
-            }
-        })
-        .collect()
 }
 
 fn check_series(series: &str, limits: &Limits) -> Result<(), Reason> {

@@ -336,22 +336,45 @@ fn parse_labels(
             max: limits.max_labels,
         });
     }
+    bounded_labels(strings(map, "labels")?, limits)
+}
+
+/// The string members of a JSON object (`field` names it in the error).
+fn strings(map: Map<String, Value>, field: &'static str) -> Result<Vec<(String, String)>, Reason> {
+    map.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            _ => Err(Reason::WrongType(field)),
+        })
+        .collect()
+}
+
+/// Labels under the bounds of `limits`: how many, and each key and value's
+/// length.
+fn bounded_labels(
+    pairs: Vec<(String, String)>,
+    limits: &Limits,
+) -> Result<BTreeMap<String, String>, Reason> {
+    if pairs.len() > limits.max_labels {
+        return Err(Reason::TooManyLabels {
+            count: pairs.len(),
+            max: limits.max_labels,
+        });
+    }
     let too_long = |part, len| Reason::LabelTooLong {
         part,
         len,
         max: limits.max_label_bytes,
     };
-    map.into_iter()
+    pairs
+        .into_iter()
         .map(|(k, v)| {
             if k.len() > limits.max_label_bytes {
-                return Err(too_long("key", k.len()));
-            }
-            match v {
-                Value::String(s) if s.len() > limits.max_label_bytes => {
-                    Err(too_long("value", s.len()))
-                }
-                Value::String(s) => Ok((k, s)),
-                _ => Err(Reason::WrongType("labels")),
+                Err(too_long("key", k.len()))
+            } else if v.len() > limits.max_label_bytes {
+                Err(too_long("value", v.len()))
+            } else {
+                Ok((k, v))
             }
         })
         .collect()
