@@ -67,6 +67,9 @@ pub enum AppError {
     /// Metrics registry failure.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Alerting could not start.
+    #[error("alerting: {0}")]
+    Alerting(#[from] crate::alerting::AlertingError),
     /// The model is not of a kind this build can serve.
     #[error("unsupported model: {0}")]
     Unsupported(String),
@@ -208,7 +211,7 @@ impl App {
             }
         };
 
-        let alerting = crate::alerting::start(&config.alerting, &metrics.registry, http_addr)?;
+        let alerting = crate::alerting::start(&config, &metrics.registry, http_addr)?;
 
         // Channels and stages.
         let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));

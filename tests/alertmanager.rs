@@ -309,3 +309,91 @@ async fn one_host_is_one_incident_in_alertmanager_and_it_resolves() {
     shutdown.cancel();
     app.wait().await.unwrap();
 }
+
+/// The same outage without Alertmanager, to the incidents topic: open,
+/// update (the second series joins) and close records, keyed by the
+/// incident, each with the series, the strongest point in words and the
+/// page's link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incidents_topic_gets_open_update_and_close_records() {
+    let names = Names::new("incidents");
+    create_topics(&names, 1).await;
+    let mut cfg = config(&names);
+    let topic = format!("{}-incidents", names.input);
+    let made = attnwatch::tools::topics::create(&cfg.kafka, std::slice::from_ref(&topic), 1, 1)
+        .await
+        .unwrap();
+    assert!(made.contains(&(topic.clone(), true)), "{made:?}");
+    cfg.alerting.incidents_topic = topic.clone();
+    cfg.alerting.group_by = vec!["host".into()];
+    cfg.alerting.gap = Duration::from_secs(20 * 60);
+    let shutdown = CancellationToken::new();
+    let app = App::start(cfg, shutdown.clone()).await.unwrap();
+    let page = format!("http://{}/#anomaly=", app.http_addr());
+
+    let n = contract().window + 300;
+    let spike = n - 100;
+    let (cpu, mem) = (series(n, spike, 1), series(n, spike, 2));
+    let p = producer();
+    for i in 0..n {
+        let ts = cpu[i].0;
+        produce(
+            &p,
+            &names.input,
+            "web-1/cpu",
+            &labelled("web-1/cpu", "web-1", ts, cpu[i].1),
+        )
+        .await;
+        produce(
+            &p,
+            &names.input,
+            "web-1/mem",
+            &labelled("web-1/mem", "web-1", ts, mem[i].1),
+        )
+        .await;
+    }
+    let first = format!("host=web-1@{}", cpu[spike].0);
+    let mut got = Vec::new();
+    let closed = |g: &[Got]| {
+        g.iter()
+            .any(|m| m.json()["event"] == "close" && m.json()["incident"] == first.as_str())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    assert!(
+        read_until(&reader(&topic), &mut got, deadline, closed).await,
+        "no close record for {first}: {:?}",
+        got.iter().map(Got::json).collect::<Vec<_>>()
+    );
+    let records: Vec<Value> = got
+        .iter()
+        .filter(|m| m.key.as_deref() == Some(first.as_str()))
+        .map(Got::json)
+        .collect();
+    let events: Vec<&str> = records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["open", "update", "close"], "{records:?}");
+    let close = &records[2];
+    let series: Vec<&str> = close["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["series"].as_str().unwrap())
+        .collect();
+    assert_eq!(series, ["web-1/cpu", "web-1/mem"]);
+    assert_eq!(close["group"]["host"], "web-1");
+    assert!(
+        close["strongest"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("expected"),
+        "{close}"
+    );
+    assert!(
+        close["page"].as_str().unwrap().starts_with(&page),
+        "{close}"
+    );
+    shutdown.cancel();
+    app.wait().await.unwrap();
+}

@@ -237,6 +237,10 @@ fn alertmanager_is_off_by_default_and_wired_when_given() {
     assert_eq!(cfg.alerting.group_by, ["host", "dc"]);
     assert_eq!(cfg.alerting.gap, std::time::Duration::from_secs(600));
     assert_eq!(cfg.alerting.page_url, "https://attnwatch.example");
+    let cfg = config_of(&render(&["alertmanager.incidentsTopic=attnwatch-incidents"]).unwrap());
+    assert!(cfg.alerting.enabled());
+    assert_eq!(cfg.alerting.incidents_topic, "attnwatch-incidents");
+    assert!(cfg.alerting.alertmanager_url.is_empty());
 }
 
 #[test]

@@ -7,7 +7,8 @@
 //! for handing notices to the notifier's bounded queue; a full queue drops
 //! the notice and counts it (`attnwatch_alertmanager_dropped_total`), it
 //! never slows the scores down. Off unless `alerting.alertmanager_url` is
-//! set.
+//! set, or `alerting.incidents_topic` ([`topic`]: open, update and close
+//! records).
 //!
 //! Incidents are kept per replica, in memory: series of one group must be
 //! read by the same replica (key the input by the grouping label, as
@@ -16,52 +17,94 @@
 
 pub mod alertmanager;
 pub mod group;
+pub mod topic;
 
 use std::net::SocketAddr;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AlertingConfig;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::Config;
 use crate::flow::ScoredPoint;
+use crate::ingest::client::{self, ClientError};
 use alertmanager::{Notice, Target};
 use group::{Groups, Observation};
 
-/// Register the metrics and start the notifier when alerting is on (its
-/// task ends when the returned grouping, and its queue, is dropped); the
-/// page is at `http_addr` unless `page_url` says otherwise.
+/// Why alerting could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertingError {
+    /// Its metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The incidents topic's producer settings could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The incidents topic's producer could not be created.
+    #[error("incidents topic producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Register the metrics and start the sinks when alerting is on: the
+/// Alertmanager notifier and the incidents topic's producer, each behind
+/// its own bounded queue (their tasks end when the returned grouping is
+/// dropped). The page is at `http_addr` unless `page_url` says otherwise.
 pub fn start(
-    cfg: &AlertingConfig,
+    config: &Config,
     registry: &Registry,
     http_addr: SocketAddr,
-) -> Result<Option<Alerting>, prometheus::Error> {
+) -> Result<Option<Alerting>, AlertingError> {
+    let cfg = &config.alerting;
     if !cfg.enabled() {
         return Ok(None);
     }
     let metrics = AlertMetrics::register(registry)?;
-    let (tx, rx) = flume::bounded(cfg.queue.max(1));
     let page = if cfg.page_url.trim().is_empty() {
         format!("http://{http_addr}")
     } else {
         cfg.page_url.trim().to_string()
     };
-    let target = Target {
-        url: cfg.alertmanager_url.trim().to_string(),
-        timeout: cfg.timeout,
-        resend: cfg.resend,
-        max_attempts: cfg.max_attempts,
-    };
-    tracing::info!(alertmanager = %target.url, group_by = ?cfg.group_by, gap = ?cfg.gap, "alerting: incidents go to Alertmanager");
-    tokio::spawn(alertmanager::run(
-        rx,
-        target,
-        metrics.clone(),
-        CancellationToken::new(),
-    ));
+    let mut sinks = Vec::new();
+    if !cfg.alertmanager_url.trim().is_empty() {
+        let (tx, rx) = flume::bounded(cfg.queue.max(1));
+        let target = Target {
+            url: cfg.alertmanager_url.trim().to_string(),
+            timeout: cfg.timeout,
+            resend: cfg.resend,
+            max_attempts: cfg.max_attempts,
+        };
+        tracing::info!(alertmanager = %target.url, "alerting: incidents go to Alertmanager");
+        tokio::spawn(alertmanager::run(
+            rx,
+            target,
+            metrics.clone(),
+            CancellationToken::new(),
+        ));
+        sinks.push(tx);
+    }
+    let topic = cfg.incidents_topic.trim();
+    if !topic.is_empty() {
+        let mut pc = client::client_config(&config.kafka)?;
+        pc.set("enable.idempotence", "true").set("acks", "all");
+        client::apply_options(&mut pc, &config.kafka)?;
+        let producer: FutureProducer = pc.create()?;
+        let (tx, rx) = flume::bounded(cfg.queue.max(1));
+        tracing::info!(%topic, "alerting: incidents go to the incidents topic");
+        tokio::spawn(topic::run(
+            rx,
+            producer,
+            topic.to_string(),
+            page.clone(),
+            metrics.clone(),
+        ));
+        sinks.push(tx);
+    }
+    tracing::info!(group_by = ?cfg.group_by, gap = ?cfg.gap, "alerting: incidents across series");
     let gap_ms = i64::try_from(cfg.gap.as_millis()).unwrap_or(i64::MAX);
     Ok(Some(Alerting::new(
         Groups::new(cfg.group_by.clone(), gap_ms),
-        tx,
+        sinks,
         page,
         metrics,
     )))
@@ -79,7 +122,8 @@ pub struct AlertMetrics {
     pub sent: IntCounterVec,
     /// Failed post attempts (each retry counts).
     pub errors: IntCounter,
-    /// Notices not delivered, by `reason` (`queue_full`, `gave_up`).
+    /// Notices not delivered, by `reason` (`queue_full`, `gave_up`,
+    /// `produce_failed`).
     pub dropped: IntCounterVec,
 }
 
@@ -112,7 +156,7 @@ impl AlertMetrics {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "attnwatch_alertmanager_dropped_total",
-                "Incident notices never delivered to Alertmanager, by reason (queue_full, gave_up)",
+                "Incident notices never delivered to Alertmanager or the incidents topic, by reason (queue_full, gave_up, produce_failed)",
             ),
             &["reason"],
         )?;
@@ -122,7 +166,7 @@ impl AlertMetrics {
         for k in ["open", "update", "close", "resend"] {
             sent.with_label_values(&[k]);
         }
-        for r in ["queue_full", "gave_up"] {
+        for r in ["queue_full", "gave_up", "produce_failed"] {
             dropped.with_label_values(&[r]);
         }
         registry.register(Box::new(incidents.clone()))?;
@@ -144,23 +188,23 @@ impl AlertMetrics {
 #[derive(Debug, Clone)]
 pub struct Alerting {
     groups: Groups,
-    tx: flume::Sender<Notice>,
+    sinks: Vec<flume::Sender<Notice>>,
     page: String,
     metrics: AlertMetrics,
 }
 
 impl Alerting {
-    /// Group by `group_by` with `gap_ms`, notify through `tx`, link to the
-    /// page at `page`.
+    /// Group with `groups`, notify every sink's queue, link to the page at
+    /// `page`.
     pub fn new(
         groups: Groups,
-        tx: flume::Sender<Notice>,
+        sinks: Vec<flume::Sender<Notice>>,
         page: String,
         metrics: AlertMetrics,
     ) -> Self {
         Alerting {
             groups,
-            tx,
+            sinks,
             page,
             metrics,
         }
@@ -178,11 +222,14 @@ impl Alerting {
                 .with_label_values(&[event.kind()])
                 .inc();
             let alert = alertmanager::alert_of(&event, &self.page, now);
-            if self.tx.try_send(Notice { event, alert }).is_err() {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
+            let notice = Notice { event, alert };
+            for sink in &self.sinks {
+                if sink.try_send(notice.clone()).is_err() {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["queue_full"])
+                        .inc();
+                }
             }
         }
     }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Alerting settings. Off unless `alertmanager_url` is set.
+/// Alerting settings. Off unless `alertmanager_url` or `incidents_topic` is
+/// set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertingConfig {
@@ -12,6 +13,10 @@ pub struct AlertingConfig {
     /// to `/api/v2/alerts`). Empty: no incidents, no alerts sent.
     #[serde(default)]
     pub alertmanager_url: String,
+    /// A Kafka topic for the incidents' open, update and close records (on
+    /// the same brokers, keyed by incident id). Empty: none.
+    #[serde(default)]
+    pub incidents_topic: String,
     /// Labels whose shared values join series' anomalies into one incident
     /// (e.g. `["host"]`). Empty: every series is its own group.
     #[serde(default)]
@@ -45,7 +50,7 @@ pub struct AlertingConfig {
 impl AlertingConfig {
     /// Whether alerting is on.
     pub fn enabled(&self) -> bool {
-        !self.alertmanager_url.trim().is_empty()
+        !self.alertmanager_url.trim().is_empty() || !self.incidents_topic.trim().is_empty()
     }
 
     /// Invalid settings, described.

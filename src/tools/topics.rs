@@ -1,5 +1,6 @@
 //! `attnwatch create-topics`: create the configured input, output and
-//! dead-letter topics if they do not exist yet.
+//! dead-letter topics, and `alerting.incidents_topic` when set, if they do
+//! not exist yet.
 
 use std::time::Duration;
 
@@ -11,16 +12,18 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::ingest::client::{client_config, ClientError};
 
-/// Create the three topics of `cfg` with `partitions` partitions and
-/// `replication` replicas. Topics that already exist are left alone.
-/// Returns, per topic, whether it was created.
+/// Create the three topics of `cfg`, and `extra`, with `partitions`
+/// partitions and `replication` replicas. Topics that already exist are
+/// left alone. Returns, per topic, whether it was created.
 pub async fn create(
     cfg: &KafkaConfig,
+    extra: &[String],
     partitions: i32,
     replication: i32,
 ) -> Result<Vec<(String, bool)>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg)?.create()?;
-    let names = [&cfg.input_topic, &cfg.output_topic, &cfg.dead_letter_topic];
+    let mut names = vec![&cfg.input_topic, &cfg.output_topic, &cfg.dead_letter_topic];
+    names.extend(extra);
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
@@ -68,7 +71,12 @@ pub struct CreateTopicsArgs {
 /// Run `attnwatch create-topics`.
 pub fn exec(a: CreateTopicsArgs) -> anyhow::Result<()> {
     let c = crate::config::Config::load(&a.config)?;
-    let created = crate::cli::runtime()?.block_on(create(&c.kafka, a.partitions, a.replication))?;
+    let extra: Vec<String> = Some(c.alerting.incidents_topic.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .into_iter()
+        .collect();
+    let created =
+        crate::cli::runtime()?.block_on(create(&c.kafka, &extra, a.partitions, a.replication))?;
     for (topic, new) in created {
         eprintln!("{topic}: {}", if new { "created" } else { "exists" });
     }
