@@ -32,6 +32,11 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
 PERF_ARGS = os.environ.get("BENCH_PERF_ARGS", "").split()
+# The settings both services get (attnwatch by environment, the peers by flag).
+THREADS = 1  # ONNX Runtime intra-op threads, one session
+MAX_BATCH = 64  # contexts per inference call
+TOP_K = 5  # attended time ranges per output
+POLL_BATCH = 1024  # the peers' messages per consume() call
 
 
 def log(*a):
@@ -118,17 +123,23 @@ def histogram_quantile(m, name, q):
 class Service:
     """attnwatch run, configured by environment overrides for one topic and group."""
 
-    def __init__(self, binary, bootstrap, run, http, stride, perf=None, fmt="attnwatch"):
+    def __init__(self, binary, bootstrap, run, http, stride, perf=None, fmt="attnwatch", input_topic=None):
         self.http = http
         env = dict(os.environ)
         env.update({
             "ATTNWATCH__KAFKA__BROKERS": bootstrap,
-            "ATTNWATCH__KAFKA__INPUT_TOPIC": f"{run}-input",
+            "ATTNWATCH__KAFKA__INPUT_TOPIC": input_topic or f"{run}-input",
             "ATTNWATCH__KAFKA__OUTPUT_TOPIC": f"{run}-scores",
             "ATTNWATCH__KAFKA__DEAD_LETTER_TOPIC": f"{run}-dead-letter",
             "ATTNWATCH__KAFKA__GROUP_ID": f"{run}-attnwatch",
             "ATTNWATCH__SERVER__LISTEN": http,
             "ATTNWATCH__MODEL__STRIDE": str(stride),
+            # every setting the peers also get, passed explicitly on both sides
+            "ATTNWATCH__MODEL__SESSIONS": "1",
+            "ATTNWATCH__MODEL__INTRA_THREADS": str(THREADS),
+            "ATTNWATCH__MODEL__MAX_BATCH": str(MAX_BATCH),
+            "ATTNWATCH__PUBLISH__ATTENTION": "top_k",
+            "ATTNWATCH__PUBLISH__TOP_K": str(TOP_K),
             "ATTNWATCH__INGEST__FORMAT": fmt,
             "RUST_LOG": "warn",
         })
@@ -235,6 +246,101 @@ def drain(svc, messages, timeout):
     sys.exit(f"attnwatch did not drain {messages} messages in {timeout} s")
 
 
+def sample_bytes(bootstrap, topic, spots=20, each=50):
+    """Mean payload bytes of an output topic, from `each` messages at `spots` places spread
+    evenly over each partition (a series' early outputs are shorter: fewer attended ranges)."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-sizer", "enable.auto.commit": False})
+    sizes = []
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            for k in range(spots):
+                start = lo + (hi - lo) * k // spots
+                c.assign([TopicPartition(topic, p, start)])
+                got, deadline = 0, time.monotonic() + 10
+                while got < each and time.monotonic() < deadline:
+                    for m in c.consume(num_messages=each - got, timeout=1.0):
+                        if m.error() is None and m.value() is not None:
+                            sizes.append(len(m.value()))
+                            got += 1
+    finally:
+        c.close()
+    return round(sum(sizes) / len(sizes), 1) if sizes else None
+
+
+def run_attnwatch(a, run, messages, input_topic, perf=None):
+    svc = Service(a.binary, a.bootstrap, run, a.http, a.stride, perf=perf, fmt=a.format, input_topic=input_topic)
+    try:
+        m, t_end = drain(svc, messages, timeout=1800)
+        cpu = cpu_seconds(svc.proc.pid) - svc.cpu0
+        threads1 = thread_cpu(svc.proc.pid)
+    finally:
+        svc.stop()
+    wall = t_end - svc.t0
+    scored = metric(m, "attnwatch_records_published_total")
+    r = {"scored": scored, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+         "scored_per_s": round(scored / wall, 1), "scored_per_cpu_s": round(scored / cpu, 1),
+         "cpu_us_per_point": round(1e6 * cpu / scored, 2), "model_runs": metric(m, "attnwatch_model_runs_total")}
+    groups = {}
+    for name, c in threads1.items():
+        g = group_of(name)
+        groups[g] = groups.get(g, 0.0) + c - svc.threads0.get(name, 0.0)
+    r["cpu_by_thread_group"] = {g: round(c / cpu, 3) for g, c in sorted(groups.items())}
+    # Busy time is wall time on each stage's thread: on a machine with fewer
+    # cores than runnable threads it includes waiting for a core, so it is
+    # reported per scored point, not as a share of CPU.
+    stages = {k.split('stage="')[1].rstrip('"}'): v for k, v in m.items()
+              if k.startswith("attnwatch_stage_busy_seconds_total{")}
+    r["busy_us_per_point_by_stage"] = {st: round(1e6 * v / scored, 2) for st, v in sorted(stages.items())}
+    r["bytes_per_point"] = sample_bytes(a.bootstrap, f"{run}-scores")
+    return r
+
+
+def run_peer(a, run, messages, input_topic, script):
+    name = os.path.splitext(script)[0]
+    summary = os.path.join(tempfile.gettempdir(), f"{run}-{name}.json")
+    cmd = [a.python, os.path.join(ROOT, "bench", "python-peer", script), "--bootstrap", a.bootstrap,
+           "--model", a.model, "--stride", str(a.stride), "--threads", str(THREADS),
+           "--max-infer-batch", str(MAX_BATCH), "--topk", str(TOP_K), "--batch", str(POLL_BATCH),
+           "--input-topic", input_topic, "--output-topic", f"{run}-{name}-scores",
+           "--dlq-topic", f"{run}-{name}-dlq", "--group", f"{run}-{name}",
+           "--max-messages", str(messages), "--idle-exit", "10", "--summary-json", summary]
+    log(f"{name}: " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with open(summary) as f:
+        peer = json.load(f)
+    os.unlink(summary)
+    r = {k: peer[k] for k in ("scored", "wall_s", "cpu_s", "scored_per_s", "model_runs", "inference_calls",
+                              "bytes_per_point")}
+    r["scored_per_cpu_s"] = round(peer["scored"] / peer["cpu_s"], 1)
+    r["cpu_us_per_point"] = round(1e6 * peer["cpu_s"] / peer["scored"], 2)
+    return r
+
+
+def run_floor(a, run, messages, input_topic):
+    env = dict(os.environ, ATTNWATCH__KAFKA__BROKERS=a.bootstrap, ATTNWATCH__KAFKA__INPUT_TOPIC=input_topic,
+               ATTNWATCH__KAFKA__OUTPUT_TOPIC=f"{run}-floor-scores",
+               ATTNWATCH__KAFKA__DEAD_LETTER_TOPIC=f"{run}-floor-dlq", ATTNWATCH__KAFKA__GROUP_ID=f"{run}-floor",
+               ATTNWATCH__INGEST__FORMAT=a.format, ATTNWATCH__PUBLISH__ATTENTION="top_k",
+               ATTNWATCH__PUBLISH__TOP_K=str(TOP_K), RUST_LOG="warn")
+    cmd = [a.binary, "floor", "--config", os.path.join(ROOT, "config", "attnwatch.example.toml"),
+           "--max-messages", str(messages)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    f = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: f[k] for k in ("scored", "wall_s", "cpu_s", "scored_per_cpu_s", "cpu_us_per_point",
+                              "bytes_per_point")}
+
+
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else round((xs[n // 2 - 1] + xs[n // 2]) / 2, 2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", required=True)
@@ -247,71 +353,76 @@ def main():
     ap.add_argument("--anomaly-rate", type=float, default=0.001)
     ap.add_argument("--bad-rate", type=float, default=0.0)
     ap.add_argument("--stride", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="drain the topic this many times with every service, alternating which drains first; "
+                         "medians and per-round ratios are reported")
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     ap.add_argument("--http", default="127.0.0.1:19898")
-    ap.add_argument("--python", default=sys.executable, help="interpreter with confluent-kafka, onnxruntime, numpy")
+    ap.add_argument("--python", default=sys.executable, help="interpreter with confluent-kafka, orjson, onnxruntime, numpy")
     ap.add_argument("--format", default="attnwatch", choices=["attnwatch", "influx", "telegraf_json", "prometheus_json"],
                     help="input format written by loadgen and read by attnwatch (ingest.format); "
-                         "the Python peer reads only attnwatch's JSON and is skipped for the others")
-    ap.add_argument("--skip-peer", action="store_true")
+                         "the Python peers read only attnwatch's JSON and are skipped for the others")
+    ap.add_argument("--skip-peer", action="store_true", help="skip both Python peers")
+    ap.add_argument("--skip-floor", action="store_true", help="skip the Rust pass-through floor")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--perf", metavar="FILE", help="record a perf profile of attnwatch's throughput run into FILE")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     if a.format != "attnwatch" and not a.skip_peer:
-        log(f"--format {a.format}: the Python peer reads only attnwatch's JSON; skipping it")
+        log(f"--format {a.format}: the Python peers read only attnwatch's JSON; skipping them")
         a.skip_peer = True
 
     run = f"bench-{int(time.time())}-{os.getpid()}"
     res = {"series": a.series, "points": a.points, "partitions": a.partitions, "per_message": a.per_message,
-           "stride": a.stride, "format": a.format}
+           "stride": a.stride, "format": a.format, "repeat": a.repeat,
+           "settings": {"intra_threads": THREADS, "sessions": 1, "max_batch": MAX_BATCH, "top_k": TOP_K,
+                        "peer_poll_batch": POLL_BATCH}}
     log(f"1/3 throughput: {a.series} series x {a.points} points, {a.partitions} partitions, "
-        f"{a.per_message} per message, stride {a.stride}, format {a.format}")
+        f"{a.per_message} per message, stride {a.stride}, format {a.format}, {a.repeat} round(s)")
     messages = loadgen(a.binary, a.bootstrap, f"{run}-input", a)
-    svc = Service(a.binary, a.bootstrap, run, a.http, a.stride, perf=a.perf, fmt=a.format)
-    try:
-        m, t_end = drain(svc, messages, timeout=1800)
-        cpu = cpu_seconds(svc.proc.pid) - svc.cpu0
-        threads1 = thread_cpu(svc.proc.pid)
-    finally:
-        svc.stop()
-    wall = t_end - svc.t0
-    scored = metric(m, "attnwatch_records_published_total")
-    res["attnwatch"] = {"scored": scored, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-                        "scored_per_s": round(scored / wall, 1), "scored_per_cpu_s": round(scored / cpu, 1),
-                        "model_runs": metric(m, "attnwatch_model_runs_total")}
-    groups = {}
-    for name, c in threads1.items():
-        g = group_of(name)
-        groups[g] = groups.get(g, 0.0) + c - svc.threads0.get(name, 0.0)
-    res["attnwatch"]["cpu_by_thread_group"] = {g: round(c / cpu, 3) for g, c in sorted(groups.items())}
-    # Busy time is wall time on each stage's thread: on a machine with fewer
-    # cores than runnable threads it includes waiting for a core, so it is
-    # reported per scored point, not as a share of CPU.
-    stages = {k.split('stage="')[1].rstrip('"}'): v for k, v in m.items()
-              if k.startswith("attnwatch_stage_busy_seconds_total{")}
-    res["attnwatch"]["busy_us_per_point_by_stage"] = {
-        s: round(1e6 * v / scored, 2) for s, v in sorted(stages.items())}
-    res["attnwatch"]["cpu_us_per_point"] = round(1e6 * cpu / scored, 2)
-    log(f"attnwatch: {scored:.0f} scored in {wall:.2f} s wall, {cpu:.2f} CPU s: "
-        f"{scored / wall:,.0f} points/s, {scored / cpu:,.0f} points per CPU-s")
-
-    if not a.skip_peer:
-        summary = os.path.join(tempfile.gettempdir(), f"{run}-peer.json")
-        cmd = [a.python, os.path.join(ROOT, "bench", "python-peer", "peer.py"), "--bootstrap", a.bootstrap,
-               "--model", a.model, "--stride", str(a.stride), "--input-topic", f"{run}-input",
-               "--output-topic", f"{run}-peer-scores", "--dlq-topic", f"{run}-peer-dlq", "--group", f"{run}-peer",
-               "--max-messages", str(messages), "--idle-exit", "10", "--summary-json", summary]
-        log("python peer: " + " ".join(cmd[1:]))
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        with open(summary) as f:
-            peer = json.load(f)
-        res["python_peer"] = {k: peer[k] for k in ("scored", "wall_s", "cpu_s", "scored_per_s", "model_runs")}
-        res["python_peer"]["scored_per_cpu_s"] = round(peer["scored"] / peer["cpu_s"], 1)
-        res["ratio_per_cpu_s"] = round(res["attnwatch"]["scored_per_cpu_s"] / res["python_peer"]["scored_per_cpu_s"], 2)
-        log(f"python peer: {peer['scored']} scored in {peer['wall_s']} s wall, {peer['cpu_s']} CPU s: "
-            f"{res['python_peer']['scored_per_cpu_s']:,.0f} points per CPU-s; "
-            f"ratio attnwatch / peer per CPU-s: {res['ratio_per_cpu_s']}")
+    services = ["attnwatch"] + ([] if a.skip_peer else ["python_peer", "tuned_peer"]) + ([] if a.skip_floor else ["floor"])
+    rounds = []
+    for i in range(a.repeat):
+        order = services if i % 2 == 0 else services[::-1]
+        log(f"round {i + 1}/{a.repeat}: " + ", then ".join(order))
+        rnd = {}
+        for svc in order:
+            tag, topic = f"{run}-r{i}", f"{run}-input"
+            if svc == "attnwatch":
+                rnd[svc] = run_attnwatch(a, tag, messages, topic, perf=a.perf if i == 0 else None)
+            elif svc == "python_peer":
+                rnd[svc] = run_peer(a, tag, messages, topic, "peer.py")
+            elif svc == "tuned_peer":
+                rnd[svc] = run_peer(a, tag, messages, topic, "tuned.py")
+            else:
+                rnd[svc] = run_floor(a, tag, messages, topic)
+            r = rnd[svc]
+            log(f"  {svc}: {r['scored']:.0f} scored, {r['cpu_s']} CPU s: {r['scored_per_cpu_s']:,.0f} per CPU-s "
+                f"({r['cpu_us_per_point']} us per point), {r['bytes_per_point']} bytes per point")
+        rounds.append(rnd)
+    res["rounds"] = rounds
+    summary = {}
+    for svc in services:
+        summary[svc] = {k: median([r[svc][k] for r in rounds])
+                        for k in ("scored_per_cpu_s", "cpu_us_per_point", "bytes_per_point")}
+    ratios = {}
+    for other in services[1:]:
+        key = "attnwatch_cpu_per_point_over_floor" if other == "floor" else f"attnwatch_over_{other}_per_cpu_s"
+        if other == "floor":
+            ratios[key] = median([round(r["attnwatch"]["cpu_us_per_point"] / r["floor"]["cpu_us_per_point"], 2)
+                                  for r in rounds])
+        else:
+            ratios[key] = median([round(r["attnwatch"]["scored_per_cpu_s"] / r[other]["scored_per_cpu_s"], 2)
+                                  for r in rounds])
+    res["median"] = summary
+    res["ratios"] = ratios
+    res["attnwatch"] = rounds[0]["attnwatch"]
+    for svc in services:
+        m = summary[svc]
+        log(f"median {svc}: {m['scored_per_cpu_s']:,.0f} scored per CPU-s, {m['cpu_us_per_point']} us per point, "
+            f"{m['bytes_per_point']} bytes per point")
+    for k, v in ratios.items():
+        log(f"median ratio {k}: {v}")
 
     if a.skip_latency:
         print(json.dumps(res, indent=2))

@@ -40,6 +40,10 @@ enum Command {
     Loadgen(tools::loadgen::LoadgenArgs),
     /// Read an output topic and print a summary of scores and anomalies.
     Summarize(tools::summarize::SummarizeArgs),
+    /// Kafka's own floor (scripts/bench): consume, decode, encode an output
+    /// of the service's size and produce it, with the service's settings and
+    /// no window, model or score; print the CPU it took per point.
+    Floor(tools::floor::FloorArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Replay(a) => tools::replay::exec(a),
         Command::Loadgen(a) => tools::loadgen::exec(a),
         Command::Summarize(a) => tools::summarize::exec(a),
+        Command::Floor(a) => tools::floor::exec(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

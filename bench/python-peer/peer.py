@@ -58,7 +58,7 @@ class Series:
     mean/variance (Welford) of |z| for the score."""
 
     __slots__ = ("buf", "pos", "n", "last_ts", "interval", "since_run", "pending", "mean", "std",
-                 "top", "k", "zmean", "m2")
+                 "top", "k", "zmean", "m2", "run_index")
 
     def __init__(self, c):
         self.buf = np.full(2 * c, np.nan, np.float32)
@@ -68,6 +68,7 @@ class Series:
         self.interval = 0
         self.since_run = None  # values since the last run; None before the first
         self.pending = False  # a run is queued in the current batch
+        self.run_index = None  # its place in the queue (tuned.py)
         self.mean = self.std = self.top = None  # newest forecast (H,), (H,), top-k ranges
         self.k = 0
         self.zmean = 0.0
@@ -148,6 +149,7 @@ class Peer:
         self.runs = []  # (series, end_ts) of the contexts queued in self.x
         self.pending = deque()
         self.n_msgs = self.n_points = self.n_scored = self.n_dlq = self.n_infer = self.n_runs = 0
+        self.n_bytes = 0  # output payload bytes
         self.t_parse = self.t_infer = self.t_out = 0.0
 
     def _grow(self, n):
@@ -156,6 +158,15 @@ class Peer:
         if self.cap:
             x[: self.cap] = self.x
         self.x, self.cap = x, cap
+
+    def _new_series(self):
+        return Series(self.c)
+
+    def _parse(self, raw):
+        return json.loads(raw)
+
+    def _dump(self, rec):
+        return json.dumps(rec).encode()
 
     def _dlq(self, batch, key, value, reason):
         self.n_dlq += 1
@@ -212,7 +223,7 @@ class Peer:
             return "bad value"
         s = self.series.get(sid)
         if s is None:
-            s = self.series[sid] = Series(self.c)
+            s = self.series[sid] = self._new_series()
         if s.last_ts is not None and ts <= s.last_ts:
             return "out-of-order ts"
         if s.pending:  # this value is scored against the run queued on the previous one
@@ -227,9 +238,11 @@ class Peer:
             labels = rec.get("labels")
             if labels is not None:
                 out["labels"] = labels
+            payload = json.dumps(out)
             batch.pending += 1
-            self._produce(self.a.output_topic, json.dumps(out), sid, batch)
+            self._produce(self.a.output_topic, payload, sid, batch)
             self.n_scored += 1
+            self.n_bytes += len(payload)
         c, pos = self.c, s.pos
         s.buf[pos] = s.buf[pos + c] = v
         s.pos = pos + 1 if pos + 1 < c else 0
@@ -263,7 +276,7 @@ class Peer:
             batch.offsets[(msg.topic(), msg.partition())] = msg.offset()
             raw = msg.value()
             try:
-                obj = json.loads(raw)
+                obj = self._parse(raw)
             except (ValueError, TypeError):
                 self._dlq(batch, msg.key(), raw, "invalid json")
                 continue
@@ -272,7 +285,7 @@ class Peer:
                 self.n_points += 1
                 reason = self._ingest(rec, batch)
                 if reason is not None:
-                    self._dlq(batch, msg.key(), json.dumps(rec).encode() if recs is obj else raw, reason)
+                    self._dlq(batch, msg.key(), self._dump(rec) if recs is obj else raw, reason)
         self._flush_runs()
         self.t_parse += time.perf_counter() - t0 - (self.t_infer - infer0)
         batch.sealed = True
@@ -295,9 +308,12 @@ class Peer:
         self.store_done()
 
 
-def main():
+def main(peer_cls=None, doc=__doc__):
+    """Run a peer: `Peer` (this file's, standard-library JSON), or a subclass
+    (tuned.py's)."""
+    peer_cls = peer_cls or Peer
     env = os.environ.get
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", default=env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--input-topic", default=env("PEER_INPUT_TOPIC", "samples"))
     ap.add_argument("--output-topic", default=env("PEER_OUTPUT_TOPIC", "scores"))
@@ -327,7 +343,7 @@ def main():
         "queue.buffering.max.messages": 500000,
         "acks": "all",
     })
-    peer = Peer(a, model, producer)
+    peer = peer_cls(a, model, producer)
 
     def on_revoke(c, parts):
         peer.drain()
@@ -346,6 +362,7 @@ def main():
     })
     peer.consumer = consumer
     consumer.subscribe([a.input_topic], on_revoke=on_revoke)
+    c_subscribed = cpu_seconds()  # CPU is counted from here, as scripts/bench counts attnwatch's from /readyz
 
     stop = False
 
@@ -356,7 +373,7 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    t_first = c_first = None
+    t_first = None
     t_last = c_last = None
     t_consume = t_wait = 0.0
     last_data = time.monotonic()
@@ -374,7 +391,7 @@ def main():
                     break
                 continue
             if t_first is None:
-                t_first, c_first = time.perf_counter(), cpu_seconds()
+                t_first = time.perf_counter()
             last_data = time.monotonic()
             t_consume, t_wait = t_consume + t_wait, 0.0  # idle time after the last data is not counted
             peer.process(msgs)
@@ -398,7 +415,7 @@ def main():
         return rc
     if t_last is None:
         t_last, c_last = time.perf_counter(), cpu_seconds()
-    wall, cpu = t_last - t_first, c_last - c_first
+    wall, cpu = t_last - t_first, c_last - c_subscribed
     s = {
         "messages": peer.n_msgs,
         "points": peer.n_points,
@@ -414,6 +431,7 @@ def main():
         "scored_per_s": round(peer.n_scored / wall, 1) if wall > 0 else None,
         "messages_per_s": round(peer.n_msgs / wall, 1) if wall > 0 else None,
         "cpu_s_per_1k_scored": round(1000 * cpu / peer.n_scored, 4) if peer.n_scored else None,
+        "bytes_per_point": round(peer.n_bytes / peer.n_scored, 1) if peer.n_scored else None,
         "consume_s": round(t_consume, 3),
         "parse_score_produce_s": round(peer.t_parse, 3),
         "infer_s": round(peer.t_infer, 3),

@@ -641,6 +641,20 @@ pub fn consumer(
         pending: AtomicBool::new(false),
         settled: AtomicBool::new(true),
     });
+    let c = consumer_config(cfg)?;
+    let consumer: IngestConsumer = c.create_with_context(IngestContext {
+        shared: shared.clone(),
+    })?;
+    consumer.subscribe(&[&cfg.input_topic])?;
+    Ok((Arc::new(consumer), shared))
+}
+
+/// librdkafka settings of the input consumer: offsets stored only once
+/// every output of a message is acknowledged (`enable.auto.offset.store`
+/// off), auto-committed every `commit_interval` (at_least_once) or
+/// committed in the producer's transaction (exactly_once, which also reads
+/// committed data only), range assignment. `attnwatch floor` uses the same.
+pub fn consumer_config(cfg: &KafkaConfig) -> Result<rdkafka::ClientConfig, ClientError> {
     let exactly_once = cfg.delivery == Delivery::ExactlyOnce;
     let mut c = client::client_config(cfg)?;
     c.set("group.id", &cfg.group_id)
@@ -661,11 +675,7 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", "5000");
-    let consumer: IngestConsumer = c.create_with_context(IngestContext {
-        shared: shared.clone(),
-    })?;
-    consumer.subscribe(&[&cfg.input_topic])?;
-    Ok((Arc::new(consumer), shared))
+    Ok(c)
 }
 
 /// Stores offsets as outputs are acknowledged.
