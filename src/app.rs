@@ -70,6 +70,9 @@ pub enum AppError {
     /// Alerting could not start.
     #[error("alerting: {0}")]
     Alerting(#[from] crate::alerting::AlertingError),
+    /// The feedback topic could not be read.
+    #[error(transparent)]
+    Feedback(#[from] crate::feedback::kafka::FeedbackKafkaError),
     /// The model is not of a kind this build can serve.
     #[error("unsupported model: {0}")]
     Unsupported(String),
@@ -151,7 +154,18 @@ impl App {
             .enabled
             .then(|| Arc::new(std::sync::Mutex::new(Recent::new(&config.ui))));
         let access_rules = access.describe();
-        let router = server::router(metrics.clone(), health.clone(), recent.clone(), access);
+        let feedback = crate::feedback::kafka::Service::new(&config, &metrics.registry)?;
+        let feedback_api = feedback.as_ref().map(|f| crate::ui::feedback::FeedbackApi {
+            writer: f.writer.clone(),
+            book: f.book.clone(),
+        });
+        let router = server::router(
+            metrics.clone(),
+            health.clone(),
+            recent.clone(),
+            feedback_api,
+            access,
+        );
         let (http_addr, http_task) =
             server::serve(config.server.listen, router, http_shutdown.clone())
                 .await
@@ -242,12 +256,11 @@ impl App {
             job_txs.push(tx);
             let (reload_tx, reload_rx) = flume::unbounded();
             reload_txs.push(reload_tx);
-            let (scorer, out, s, m) = (
-                Scorer::new(config.score.clone(), config.window.max_series),
-                pub_tx.clone(),
-                settings.clone(),
-                metrics.clone(),
-            );
+            let mut scorer = Scorer::new(config.score.clone(), config.window.max_series);
+            if let Some(f) = &feedback {
+                scorer = scorer.with_feedback(f.book.clone());
+            }
+            let (scorer, out, s, m) = (scorer, pub_tx.clone(), settings.clone(), metrics.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("attnwatch-infer-{i}"))
                 .spawn(move || {
@@ -278,6 +291,10 @@ impl App {
         )
         .with_limits(config.ingest.limits())
         .with_format(config.ingest.format, config.ingest.timestamp_unit());
+        // Feedback given before this start applies before anything is scored.
+        if let Some(f) = &feedback {
+            f.load(&config.kafka, shutdown.clone()).await?;
+        }
         let ingest = tokio::spawn(consume::run(
             consumer.clone(),
             store.clone(),

@@ -19,6 +19,7 @@ pub mod backtest;
 pub mod cli;
 pub mod config;
 pub mod eval;
+pub mod feedback;
 pub mod flow;
 pub mod ingest;
 pub mod log_limit;

@@ -244,6 +244,13 @@ fn alertmanager_is_off_by_default_and_wired_when_given() {
 }
 
 #[test]
+fn feedback_is_off_by_default_and_on_with_a_topic() {
+    assert!(!config_of(&render(&[]).unwrap()).feedback.enabled());
+    let cfg = config_of(&render(&["feedback.topic=attnwatch-feedback"]).unwrap());
+    assert_eq!(cfg.feedback.topic, "attnwatch-feedback");
+}
+
+#[test]
 fn api_token_from_an_existing_secret_as_a_file() {
     let docs = render(&["apiToken.existingSecret=attnwatch-api", "apiToken.key=tok"]).unwrap();
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod alerting;
 pub mod cli;
+mod feedback;
 mod ingest;
 mod kafka;
 mod model;
@@ -21,6 +22,7 @@ mod server;
 mod window;
 
 pub use alerting::AlertingConfig;
+pub use feedback::FeedbackConfig;
 pub use ingest::IngestConfig;
 pub use kafka::{Delivery, KafkaConfig, SecretSource, SECRET_PROPERTIES};
 pub use model::{ModelConfig, Provider};
@@ -93,6 +95,9 @@ pub struct Config {
     /// Incidents across series, and Alertmanager.
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// Operator feedback on alerts.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
 }
 
 macro_rules! default_from_serde {
@@ -118,7 +123,8 @@ default_from_serde!(
     ServerConfig,
     UiConfig,
     ShutdownConfig,
-    AlertingConfig
+    AlertingConfig,
+    FeedbackConfig
 );
 
 impl Config {

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod range;
 pub mod tail;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -37,6 +38,7 @@ pub use memory::{Memory, MemoryScore, MemorySettings};
 pub use range::Range;
 
 use crate::config::{Channel, ScoreConfig};
+use crate::feedback::SharedBook;
 use crate::flow::forecast::{Explanation, Forecast};
 pub use crate::flow::{Channels, Match, Scored};
 
@@ -129,6 +131,27 @@ pub struct Scorer {
     max_series: usize,
     series: LruCache<Arc<str>, SeriesScore>,
     evicted: u64,
+    feedback: Option<Feedback>,
+}
+
+/// The operators' feedback as this scorer sees it: a copy of the shared
+/// book's ceilings, refreshed when the book changes.
+#[derive(Debug)]
+struct Feedback {
+    book: Arc<SharedBook>,
+    version: u64,
+    ceilings: HashMap<Arc<str>, [f64; 6]>,
+}
+
+impl Feedback {
+    fn ceilings(&mut self, key: &str) -> Option<&[f64; 6]> {
+        let v = self.book.version();
+        if v != self.version {
+            self.ceilings = self.book.ceilings();
+            self.version = v;
+        }
+        self.ceilings.get(key)
+    }
 }
 
 impl Scorer {
@@ -146,7 +169,19 @@ impl Scorer {
             max_series: max_series.max(1),
             series: LruCache::unbounded(),
             evicted: 0,
+            feedback: None,
         }
+    }
+
+    /// Apply the operators' feedback from `book` (feedback ceilings: a
+    /// channel marked "not an anomaly" on a series is scaled down there).
+    pub fn with_feedback(mut self, book: Arc<SharedBook>) -> Self {
+        self.feedback = Some(Feedback {
+            book,
+            version: u64::MAX,
+            ceilings: HashMap::new(),
+        });
+        self
     }
 
     /// The settings.
@@ -212,6 +247,7 @@ impl Scorer {
             max_series,
             series,
             evicted,
+            ..
         } = self;
         let p = params(cfg, spans_ms);
         let state = Self::entry(series, *max_series, evicted, v.key);
@@ -245,7 +281,7 @@ impl Scorer {
         let f = state.calibration.score(z, novelty, cfg);
         let (range, memory) = state.learn_value(&v, &p);
         let on = |c: Channel| cfg.channels.contains(&c);
-        let channels = Channels {
+        let mut channels = Channels {
             point: f.point,
             run: f.run,
             shift: f.shift,
@@ -253,6 +289,9 @@ impl Scorer {
             range: if on(Channel::Range) { range } else { 0.0 },
             memory: memory.strength,
         };
+        if let Some(c) = self.feedback.as_mut().and_then(|fb| fb.ceilings(v.key)) {
+            crate::feedback::apply_ceilings(&mut channels, c, cfg.threshold);
+        }
         let score = channels.max();
         let anomaly = eligible && score > cfg.threshold;
         let step = state.incidents.step(anomaly, v.ts, cfg.incident_quiet);

@@ -80,12 +80,13 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// Every route: metrics, health, the page and its API when `recent` is
-/// given, and a 404 fallback, all behind `access`.
+/// Every route: metrics, health, the page and its API (with the feedback
+/// routes) when `recent` is given, and a 404 fallback, all behind `access`.
 pub fn router(
     metrics: Metrics,
     health: Arc<Health>,
     recent: Option<SharedRecent>,
+    feedback: Option<crate::ui::feedback::FeedbackApi>,
     access: Access,
 ) -> Router {
     let guard = auth::Guard {
@@ -98,7 +99,9 @@ pub fn router(
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
     if let Some(recent) = recent {
-        app = app.merge(crate::ui::routes(recent));
+        app = app
+            .merge(crate::ui::feedback::routes(recent.clone(), feedback))
+            .merge(crate::ui::routes(recent));
     }
     app.fallback(not_found)
         .layer(middleware::from_fn_with_state(guard, auth::guard))

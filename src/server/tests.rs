@@ -41,6 +41,7 @@ fn served(token: bool, protect_metrics: bool, protect_health: bool) -> Served {
             metrics.clone(),
             health,
             Some(recent),
+            None,
             Access::new(token, &server),
         ),
         metrics,

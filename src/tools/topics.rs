@@ -1,6 +1,6 @@
 //! `attnwatch create-topics`: create the configured input, output and
-//! dead-letter topics, and `alerting.incidents_topic` when set, if they do
-//! not exist yet.
+//! dead-letter topics, `alerting.incidents_topic` when set, and
+//! `feedback.topic` (compacted) when set, if they do not exist yet.
 
 use std::time::Duration;
 
@@ -79,6 +79,19 @@ pub fn exec(a: CreateTopicsArgs) -> anyhow::Result<()> {
         crate::cli::runtime()?.block_on(create(&c.kafka, &extra, a.partitions, a.replication))?;
     for (topic, new) in created {
         eprintln!("{topic}: {}", if new { "created" } else { "exists" });
+    }
+    if c.feedback.enabled() {
+        let topic = c.feedback.topic.trim();
+        let new = crate::cli::runtime()?.block_on(crate::feedback::kafka::ensure_topic(
+            &c.kafka,
+            topic,
+            a.partitions,
+            a.replication,
+        ))?;
+        eprintln!(
+            "{topic}: {} (compacted: feedback)",
+            if new { "created" } else { "exists" }
+        );
     }
     Ok(())
 }

@@ -14,7 +14,11 @@
 //!   each token's time range, and the top-attended ranges;
 //! - `GET /api/series`: the ids of the series held, most recently updated first;
 //! - `GET /api/series/{id}`: a series' recent points (value, expected,
-//!   band, score, threshold, anomaly); `id` percent-encoded.
+//!   band, score, threshold, anomaly); `id` percent-encoded;
+//! - `POST /api/feedback`, `GET /api/feedback`: operator feedback
+//!   ([`feedback`]).
+
+pub mod feedback;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
