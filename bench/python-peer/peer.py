@@ -243,6 +243,11 @@ class Peer:
             self._produce(self.a.output_topic, payload, sid, batch)
             self.n_scored += 1
             self.n_bytes += len(payload)
+        self._append(s, ts, v)
+        return None
+
+    def _append(self, s, ts, v):
+        """Add v to the series' context and queue the model run due on it, if one is."""
         c, pos = self.c, s.pos
         s.buf[pos] = s.buf[pos + c] = v
         s.pos = pos + 1 if pos + 1 < c else 0
@@ -256,10 +261,10 @@ class Peer:
             self.x[k, :, 0] = s.buf[s.pos : s.pos + c]
             self.runs.append((s, ts))
             s.pending = True
+            s.run_index = k
             s.since_run = 0
         else:
             s.since_run = step
-        return None
 
     def process(self, msgs):
         batch = Batch()

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import orjson
 
-from peer import Peer, Series, main, parse_ts
+from peer import Peer, main, parse_ts
 
 
 class TunedPeer(Peer):
@@ -103,27 +103,8 @@ class TunedPeer(Peer):
                 self.held.append((s, sid, ts, v, s.run_index, h, rec.get("labels"), batch))
             elif s.mean is not None:
                 self._emit(s, sid, ts, v, s.mean[h], s.std[h], s.top, rec.get("labels"), batch)
-        c, pos = self.c, s.pos
-        s.buf[pos] = s.buf[pos + c] = v
-        s.pos = pos + 1 if pos + 1 < c else 0
-        s.last_ts = ts
-        s.n += 1
-        nxt = None if h is None else h + 1
-        if s.n >= self.m.min_points and (nxt is None or nxt >= self.a.stride):
-            k = len(self.runs)
-            if k >= self.cap:
-                self._grow(k + 1)
-            self.x[k, :, 0] = s.buf[s.pos: s.pos + c]
-            self.runs.append((s, ts))
-            s.pending = True
-            s.run_index = k
-            s.since_run = 0
-        else:
-            s.since_run = nxt
+        self._append(s, ts, v)
         return None
-
-    def _new_series(self):
-        return Series(self.c)
 
     def _parse(self, raw):
         return orjson.loads(raw)
