@@ -234,7 +234,10 @@ async fn a_labelled_nab_anomaly_is_caught_and_its_address_explains_it() {
         click(&mut b, "#not-anomaly");
         b.wait_for(
             "document.getElementById('feedback-status').textContent",
-            |v| v.as_str().is_some_and(|s| s.starts_with("Marked not an anomaly")),
+            |v| {
+                v.as_str()
+                    .is_some_and(|s| s.starts_with("Marked not an anomaly"))
+            },
         );
         shot
     })
