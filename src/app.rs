@@ -155,17 +155,15 @@ impl App {
             .then(|| Arc::new(std::sync::Mutex::new(Recent::new(&config.ui))));
         let access_rules = access.describe();
         let feedback = crate::feedback::kafka::Service::new(&config, &metrics.registry)?;
-        let feedback_api = feedback.as_ref().map(|f| crate::ui::feedback::FeedbackApi {
-            writer: f.writer.clone(),
-            book: f.book.clone(),
+        let page = recent.clone().map(|recent| crate::ui::Page {
+            recent,
+            feedback: feedback.as_ref().map(|f| crate::ui::feedback::FeedbackApi {
+                writer: f.writer.clone(),
+                book: f.book.clone(),
+            }),
+            stop: http_shutdown.clone(),
         });
-        let router = server::router(
-            metrics.clone(),
-            health.clone(),
-            recent.clone(),
-            feedback_api,
-            access,
-        );
+        let router = server::router(metrics.clone(), health.clone(), page, access);
         let (http_addr, http_task) =
             server::serve(config.server.listen, router, http_shutdown.clone())
                 .await

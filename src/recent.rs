@@ -5,14 +5,17 @@
 //! dropped), `ui.points_per_series` points each, and `ui.anomalies`
 //! anomalies (the oldest is dropped). Each anomaly keeps a copy of its
 //! series' values up to it (the newest `points_per_series`), so its
-//! explanation can be drawn after the series has moved on. Pure: the
-//! publish stage feeds it, the HTTP server reads it.
+//! explanation can be drawn after the series has moved on. The publish
+//! stage feeds it, the HTTP server reads it; each new anomaly's id is also
+//! broadcast to the page's event streams (`GET /api/events`), which drop
+//! what they cannot keep up with and then ask the page to re-read.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use lru::LruCache;
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 use crate::config::UiConfig;
 use crate::flow::forecast::Explanation;
@@ -88,7 +91,12 @@ pub struct Recent {
     anomalies: VecDeque<Anomaly>,
     next_id: u64,
     held: Held,
+    events: broadcast::Sender<u64>,
 }
+
+/// New anomalies an event stream may fall behind by before it is told to
+/// re-read.
+const EVENTS_BEHIND: usize = 1024;
 
 impl Recent {
     /// An empty store with `cfg`'s bounds.
@@ -99,7 +107,13 @@ impl Recent {
             anomalies: VecDeque::new(),
             next_id: 1,
             held: Held::default(),
+            events: broadcast::channel(EVENTS_BEHIND).0,
         }
+    }
+
+    /// The ids of new anomalies, as they are kept.
+    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+        self.events.subscribe()
     }
 
     /// Record one scored point (its highest-scoring feature); the id of
@@ -154,6 +168,8 @@ impl Recent {
                 self.anomalies.pop_front();
             }
             self.anomalies.push_back(anomaly);
+            // No page listening is not an error.
+            let _ = self.events.send(self.next_id - 1);
         }
         self.held.series = self.series.len();
         self.held.anomalies = self.anomalies.len();

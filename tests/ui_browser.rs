@@ -138,7 +138,7 @@ async fn the_page_lists_anomalies_and_a_click_draws_the_explanation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_token_the_page_is_served_directly_and_reads_the_api() {
+async fn without_a_token_the_page_is_served_directly_and_new_anomalies_are_pushed() {
     let names = Names::new("ui-open");
     create_topics(&names, 1).await;
     let shutdown = CancellationToken::new();
@@ -147,24 +147,79 @@ async fn without_a_token_the_page_is_served_directly_and_reads_the_api() {
     for path in ["/", "/api/anomalies", "/metrics"] {
         assert_eq!(http_get(addr, path).await.0, 200, "{path}");
     }
+    // The event stream, opened as a client would, before any anomaly exists.
+    let mut events = reqwest::get(format!("http://{addr}/api/events"))
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
     let url = format!("http://{addr}/");
-    tokio::task::spawn_blocking(move || {
+    let b = tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch();
         b.call("Page.enable", json!({}));
         b.call("Page.navigate", json!({ "url": url }));
-        // The page's first API read succeeded (the list is empty).
+        // The page's first API read succeeded (the list is empty), and its
+        // event stream is open.
         let status = b.wait_for(
             "document.getElementById('status')?.textContent || ''",
-            |v| v.as_str().is_some_and(|s| s.starts_with("updated")),
+            |v| v.as_str().is_some_and(|s| s.contains("updated")),
         );
-        assert!(status.as_str().unwrap().starts_with("updated"));
+        assert!(status.as_str().unwrap().contains("updated"));
         let unlock = b.eval("document.getElementById('unlock') === null");
         assert_eq!(unlock, json!(true), "no token asked for");
+        b.wait_for("document.body.dataset.live || ''", |v| v == &json!("1"));
+        b
     })
     .await
     .unwrap();
+
+    // Now an anomaly happens: it is pushed to the stream and to the page.
+    let name = "push/web-01";
+    let n = contract().window + 300;
+    let p = producer();
+    for (ts, v) in series(n, n - 60, 5) {
+        produce(&p, &names.input, name, &sample(name, ts, v)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut text = String::new();
+    while !(text.contains("event: anomaly") && text.contains(name)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no anomaly event in time: {text:?}");
+        if let Ok(chunk) = tokio::time::timeout(left, events.chunk()).await {
+            let chunk = chunk.unwrap().expect("the stream ended early");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:").filter(|d| d.contains(name)))
+        .unwrap();
+    let a: Value = serde_json::from_str(data.trim()).unwrap();
+    assert_eq!(a["series"], name, "{a}");
+    assert!(
+        a["score"].as_f64().unwrap() > a["threshold"].as_f64().unwrap(),
+        "{a}"
+    );
+    let b = tokio::task::spawn_blocking(move || {
+        let mut b = b;
+        let pushed = b.wait_for("document.body.dataset.pushed || '0'", |v| {
+            v.as_str().is_some_and(|s| s != "0")
+        });
+        assert_ne!(pushed, json!("0"));
+        b.wait_for("document.getElementById('list').textContent", |v| {
+            v.as_str().is_some_and(|s| s.contains("push/web-01"))
+        });
+        b
+    })
+    .await
+    .unwrap();
+    // Shutdown ends the open streams (the browser's and this one).
     shutdown.cancel();
-    app.wait().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), app.wait())
+        .await
+        .expect("the service stops with event streams open")
+        .unwrap();
+    drop((b, events));
 }
 
 /// A labelled NAB series replayed through Kafka: the service alerts inside

@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::recent::SharedRecent;
 
 pub use auth::{Access, ApiToken, Endpoint, TokenError};
 
@@ -80,13 +79,12 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, "not found\n")
 }
 
-/// Every route: metrics, health, the page and its API (with the feedback
-/// routes) when `recent` is given, and a 404 fallback, all behind `access`.
+/// Every route: metrics, health, the page and its API when `page` is
+/// given, and a 404 fallback, all behind `access`.
 pub fn router(
     metrics: Metrics,
     health: Arc<Health>,
-    recent: Option<SharedRecent>,
-    feedback: Option<crate::ui::feedback::FeedbackApi>,
+    page: Option<crate::ui::Page>,
     access: Access,
 ) -> Router {
     let guard = auth::Guard {
@@ -98,10 +96,8 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
-    if let Some(recent) = recent {
-        app = app
-            .merge(crate::ui::feedback::routes(recent.clone(), feedback))
-            .merge(crate::ui::routes(recent));
+    if let Some(page) = page {
+        app = app.merge(crate::ui::routes(page));
     }
     app.fallback(not_found)
         .layer(middleware::from_fn_with_state(guard, auth::guard))

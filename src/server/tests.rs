@@ -40,8 +40,11 @@ fn served(token: bool, protect_metrics: bool, protect_health: bool) -> Served {
         router: router(
             metrics.clone(),
             health,
-            Some(recent),
-            None,
+            Some(crate::ui::Page {
+                recent,
+                feedback: None,
+                stop: tokio_util::sync::CancellationToken::new(),
+            }),
             Access::new(token, &server),
         ),
         metrics,

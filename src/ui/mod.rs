@@ -16,8 +16,11 @@
 //! - `GET /api/series/{id}`: a series' recent points (value, expected,
 //!   band, score, threshold, anomaly); `id` percent-encoded;
 //! - `POST /api/feedback`, `GET /api/feedback`: operator feedback
-//!   ([`feedback`]).
+//!   ([`feedback`]);
+//! - `GET /api/events`: new anomalies pushed as server-sent events
+//!   ([`events`]).
 
+pub mod events;
 pub mod feedback;
 
 use axum::extract::{Path, Query, State};
@@ -36,15 +39,32 @@ const INDEX: &str = include_str!("index.html");
 /// token: it asks for the token, then loads the page with it.
 pub const UNLOCK: &str = include_str!("unlock.html");
 
+/// What the page's routes need.
+#[derive(Clone)]
+pub struct Page {
+    /// The store the publish stage feeds.
+    pub recent: SharedRecent,
+    /// The feedback topic and book (`None`: feedback off).
+    pub feedback: Option<feedback::FeedbackApi>,
+    /// Cancelled on shutdown: ends the event streams.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
 /// The page's routes.
-pub fn routes(recent: SharedRecent) -> Router {
+pub fn routes(page: Page) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/api/anomalies", get(anomalies))
         .route("/api/anomalies/{id}", get(anomaly))
         .route("/api/series", get(series_list))
         .route("/api/series/{*id}", get(series))
-        .with_state(recent)
+        .with_state(page.recent.clone())
+        .merge(feedback::routes(page.recent.clone(), page.feedback.clone()))
+        .merge(
+            Router::new()
+                .route("/api/events", get(events::events))
+                .with_state(page),
+        )
 }
 
 async fn index() -> impl IntoResponse {
