@@ -25,7 +25,7 @@
 
 pub mod kafka;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -201,7 +201,11 @@ impl Record {
 #[derive(Debug, Default, Clone)]
 pub struct Book {
     records: HashMap<String, Record>,
+    /// The keys of each series key's records.
+    by_series: HashMap<String, HashSet<String>>,
     ceilings: HashMap<Arc<str>, [f64; 6]>,
+    /// Most records held (0: [`MAX_RECORDS`]).
+    max: usize,
 }
 
 impl Book {
@@ -210,31 +214,49 @@ impl Book {
         Self::default()
     }
 
+    /// An empty book that holds at most `max` records.
+    pub fn bounded(max: usize) -> Self {
+        Book {
+            max,
+            ..Self::default()
+        }
+    }
+
     /// Apply a record under `key`, or withdraw the one there (`None`, a
     /// tombstone). Returns false when the book is full and the record was
     /// not applied.
     pub fn apply(&mut self, key: &str, record: Option<Record>) -> bool {
-        let old = match record {
-            Some(r) => {
-                if self.records.len() >= MAX_RECORDS && !self.records.contains_key(key) {
-                    return false;
+        let max = if self.max == 0 { MAX_RECORDS } else { self.max };
+        if record.is_some() && self.records.len() >= max && !self.records.contains_key(key) {
+            return false;
+        }
+        if let Some(old) = self.records.remove(key) {
+            let score_key = old.score_key();
+            if let Some(keys) = self.by_series.get_mut(&score_key) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_series.remove(&score_key);
                 }
-                let score_key = r.score_key();
-                let old = self.records.insert(key.to_string(), r);
-                self.recompute(&score_key);
-                old
             }
-            None => self.records.remove(key),
-        };
-        if let Some(old) = old {
-            self.recompute(&old.score_key());
+            self.recompute(&score_key);
+        }
+        if let Some(r) = record {
+            let score_key = r.score_key();
+            self.records.insert(key.to_string(), r);
+            self.by_series
+                .entry(score_key.clone())
+                .or_default()
+                .insert(key.to_string());
+            self.recompute(&score_key);
         }
         true
     }
 
+    /// The ceilings of one series key, from its records only.
     fn recompute(&mut self, score_key: &str) {
         let mut c = [0.0f64; 6];
-        for r in self.records.values().filter(|r| r.score_key() == score_key) {
+        let keys = self.by_series.get(score_key).into_iter().flatten();
+        for r in keys.filter_map(|k| self.records.get(k)) {
             for (acc, x) in c.iter_mut().zip(r.ceilings()) {
                 *acc = acc.max(x);
             }
@@ -406,6 +428,22 @@ mod tests {
         assert!((b.ceilings("a").unwrap()[0] - 2.2).abs() < 1e-9);
         b.apply(&low.key(), None);
         assert!(b.ceilings("a").is_none() && b.is_empty());
+    }
+
+    #[test]
+    fn a_full_book_refuses_more_but_takes_replacements() {
+        let mut b = Book::bounded(1_000);
+        for i in 0..1_000 {
+            let r = not_anomaly(&format!("s{}", i % 50), i, 2.0, 0.0);
+            assert!(b.apply(&r.key(), Some(r)));
+        }
+        assert_eq!((b.len(), b.series_with_ceilings()), (1_000, 50));
+        let one_more = not_anomaly("s0", -1, 9.0, 0.0);
+        assert!(!b.apply(&one_more.key(), Some(one_more)), "full");
+        // Replacing a held record is not a new one.
+        let again = not_anomaly("s0", 0, 3.0, 0.0);
+        assert!(b.apply(&again.key(), Some(again)));
+        assert!((b.ceilings("s0").unwrap()[0] - 3.3).abs() < 1e-9);
     }
 
     #[test]
