@@ -11,6 +11,13 @@ pub struct ScoreConfig {
     /// Normalised score above which a point is anomalous.
     #[serde(default = "default_threshold")]
     pub threshold: f64,
+    /// Forecasts each value is judged against: 2 scores it against the
+    /// newest forecast and the one before it (which still covers it when
+    /// `model.stride` is below the model's horizon) and keeps the smaller
+    /// surprise, so a value is surprising only if both forecasts missed
+    /// it; 1 uses the newest only.
+    #[serde(default = "default_forecasts")]
+    pub forecasts: u32,
     /// Scored points per series before any alert (probation); also the
     /// values the range channel watches before it speaks.
     #[serde(default = "default_probation")]
@@ -78,6 +85,9 @@ pub enum Channel {
 impl ScoreConfig {
     /// Problems with these settings, for `Config::validate`.
     pub(super) fn problems(&self, out: &mut Vec<String>) {
+        if !(1..=2).contains(&self.forecasts) {
+            out.push("score.forecasts must be 1 or 2".into());
+        }
         if self.history < 64 {
             out.push("score.history must be >= 64".into());
         }
@@ -107,6 +117,9 @@ impl ScoreConfig {
 
 pub(super) fn default_threshold() -> f64 {
     1.0
+}
+pub(super) fn default_forecasts() -> u32 {
+    2
 }
 pub(super) fn default_probation() -> usize {
     128

@@ -458,6 +458,7 @@ pub fn evaluate(
         &all_files,
         &results,
         detector.score.incident_quiet,
+        phases.max(1),
         started.elapsed().as_secs_f64(),
         c.flops_per_run as f64 * runs_per_point,
     ))

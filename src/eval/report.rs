@@ -50,6 +50,9 @@ pub struct DetectorReport {
     pub seconds: f64,
     /// Model FLOPs per scored point (the model's per-run FLOPs / stride).
     pub flops_per_point: f64,
+    /// Online standard score of each run phase on its own (one entry per
+    /// phase; the corpus figure scores all phases together).
+    pub online_by_phase: Vec<f64>,
 }
 
 /// (true positives, false positives) of `detections` on `f`, after probation.
@@ -94,12 +97,14 @@ pub fn sweep_alerts(
 }
 
 /// Score one detector's results; `quiet` is the incident rule's
-/// `score.incident_quiet`.
+/// `score.incident_quiet`, `phases` the number of run phases `files` holds
+/// one after another.
 pub fn score(
     name: &str,
     files: &[NabFile],
     results: &[FileResult],
     quiet: u32,
+    phases: usize,
     seconds: f64,
     flops_per_point: f64,
 ) -> DetectorReport {
@@ -155,6 +160,23 @@ pub fn score(
             },
         );
     }
+    let per_phase = files.len() / phases.max(1);
+    let online_by_phase = if phases > 1 && per_phase > 0 {
+        files
+            .chunks(per_phase)
+            .zip(results.chunks(per_phase))
+            .map(|(fs, rs)| {
+                let flags: Vec<(&LabeledFile, Vec<bool>)> = fs
+                    .iter()
+                    .zip(rs)
+                    .map(|(f, r)| (&f.labels, r.flag.clone()))
+                    .collect();
+                nab::corpus_score(&flags, &standard)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     DetectorReport {
         name: name.to_string(),
         oracle,
@@ -162,6 +184,7 @@ pub fn score(
         categories,
         seconds,
         flops_per_point,
+        online_by_phase,
     }
 }
 
@@ -239,6 +262,18 @@ pub fn render(reports: &[DetectorReport], files: &[NabFile], model_id: &str) -> 
                 None => s.push_str(" |\n"),
             }
         }
+    }
+    for r in reports.iter().filter(|r| !r.online_by_phase.is_empty()) {
+        let v = &r.online_by_phase;
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let each: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        let _ = writeln!(
+            s,
+            "\n{}: online standard of each phase alone: {} (range {lo:.1} to {hi:.1}; phase 0 is the 1-phase figure).",
+            r.name,
+            each.join(", ")
+        );
     }
     s.push_str("\noracle: one threshold per profile swept over the whole corpus (chosen with the labels), alerts raised by the service's incident rule at that threshold; online: the service's own alerts (anomalous points that open an incident).\n");
     s

@@ -28,6 +28,20 @@ impl Forecast {
         Some((*self.mean.get(i)?, *self.std.get(i)?))
     }
 
+    /// Mean, scale and explanation of the grid value at `ts`, if this
+    /// forecast covers it (it falls on the run's grid, 1..=H values after
+    /// its context).
+    pub fn covering(&self, ts: i64) -> Option<(f32, f32, &Arc<Explanation>)> {
+        let e = &self.explanation;
+        let after = ts.checked_sub(e.end_ts)?;
+        if e.interval <= 0 || after <= 0 || after % e.interval != 0 {
+            return None;
+        }
+        let step = u32::try_from(after / e.interval).ok()?;
+        let (mean, std) = self.at(step)?;
+        Some((mean, std, &self.explanation))
+    }
+
     /// Heap bytes held (the explanation counted in full, although shared).
     pub fn heap_bytes(&self) -> usize {
         (self.mean.len() + self.std.len() + self.explanation.rows.len())

@@ -42,6 +42,11 @@ use crate::feedback::SharedBook;
 use crate::flow::forecast::{Explanation, Forecast};
 pub use crate::flow::{Channels, Match, Scored};
 
+/// The forecast surprise of `x`: `(x - mean) / std`.
+fn surprise(x: f32, mean: f32, std: f32) -> f64 {
+    (f64::from(x) - f64::from(mean)) / f64::from(std)
+}
+
 /// The scored result of one value of one series.
 #[derive(Debug, Clone)]
 pub struct PointScore {
@@ -59,6 +64,9 @@ pub struct PointScore {
 #[derive(Debug, Clone, Default)]
 pub struct SeriesScore {
     forecast: Option<Forecast>,
+    /// The forecast the newest one replaced (it still covers the values
+    /// after the newest run, up to its horizon).
+    previous: Option<Forecast>,
     calibration: Calibration,
     range: Range,
     memory: Memory,
@@ -69,6 +77,7 @@ impl SeriesScore {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.forecast.as_ref().map_or(0, Forecast::heap_bytes)
+            + self.previous.as_ref().map_or(0, Forecast::heap_bytes)
             + self.calibration.heap_bytes()
             + self.memory.heap_bytes()
     }
@@ -210,8 +219,13 @@ impl Scorer {
 
     /// Replace the forecast of series `key` (after a model run).
     pub fn set_forecast(&mut self, key: &Arc<str>, forecast: Forecast) {
-        Self::entry(&mut self.series, self.max_series, &mut self.evicted, key).forecast =
-            Some(forecast);
+        let s = Self::entry(&mut self.series, self.max_series, &mut self.evicted, key);
+        s.previous = if self.cfg.forecasts > 1 {
+            s.forecast.replace(forecast)
+        } else {
+            s.forecast = Some(forecast);
+            None
+        };
     }
 
     /// Start every series' forecast calibration afresh, keeping the
@@ -235,6 +249,7 @@ impl Scorer {
     pub fn drop_forecast(&mut self, key: &str) {
         if let Some(s) = self.series.peek_mut(key) {
             s.forecast = None;
+            s.previous = None;
         }
     }
 
@@ -271,11 +286,21 @@ impl Scorer {
         let p = params(&self.cfg, &self.spans_ms);
         let state = self.series.peek_mut(v.key)?;
         let forecast = state.forecast.as_ref()?;
-        let (mean, std) = forecast.at(step)?;
-        let z = (f64::from(v.value) - f64::from(mean)) / f64::from(std);
-        let explanation = forecast.explanation.clone();
+        let (mut mean, mut std) = forecast.at(step)?;
+        let mut z = surprise(v.value, mean, std);
+        let mut explanation = &forecast.explanation;
         // A run's novelty is news once: on the first value after it.
         let novelty: &[f32] = if step == 1 { &forecast.novelty } else { &[] };
+        // The second opinion: the forecast before the newest, where it
+        // still covers the value. The value is as surprising as the less
+        // surprised of the two (and is explained by that one).
+        if let Some((m, s, e)) = state.previous.as_ref().and_then(|f| f.covering(v.ts)) {
+            let z2 = surprise(v.value, m, s);
+            if z2.abs() < z.abs() {
+                (mean, std, z, explanation) = (m, s, z2, e);
+            }
+        }
+        let explanation = explanation.clone();
         let cfg = p.cfg;
         let eligible = state.calibration.seen() >= cfg.probation as u64;
         let f = state.calibration.score(z, novelty, cfg);
@@ -387,6 +412,55 @@ mod tests {
             s.score(value(&key, 2, 16.0), 4).is_none(),
             "beyond the horizon"
         );
+    }
+
+    /// A forecast of `mean` for the 3 values after a context ending at `end`.
+    fn forecast_after(end: i64, mean: f32) -> Forecast {
+        let shape = Shape {
+            layers: 1,
+            heads: 1,
+            context: 4,
+            patch: 2,
+        };
+        Forecast {
+            mean: vec![mean; 3].into(),
+            std: vec![1.0; 3].into(),
+            explanation: Arc::new(Explanation::from_heads(&[0.5, 0.5], shape, end, 1, 4)),
+            novelty: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn a_value_is_as_surprising_as_the_less_surprised_covering_forecast() {
+        let key: Arc<str> = "a".into();
+        let raw = |forecasts: u32, x: f32| {
+            let cfg = ScoreConfig {
+                forecasts,
+                ..ScoreConfig::default()
+            };
+            let mut s = Scorer::new(cfg, 10);
+            // The run at ts 0 expects 5 at ts 1..=3; the run at ts 1 expects
+            // 0 at ts 2..=4.
+            s.set_forecast(&key, forecast_after(0, 5.0));
+            s.set_forecast(&key, forecast_after(1, 0.0));
+            let p = s.score(value(&key, 2, x), 1).unwrap();
+            (p.scored.raw_score, p.expected)
+        };
+        // Newest alone: 4 is 4 sd from its forecast.
+        assert_eq!(raw(1, 4.0), (4.0, 0.0));
+        // With the forecast before it, which expected 5: 1 sd, and the
+        // output shows the forecast that judged it.
+        assert_eq!(raw(2, 4.0), (1.0, 5.0));
+        // Both are surprised by 20: the smaller surprise, 15, stands.
+        assert_eq!(raw(2, 20.0), (15.0, 5.0));
+        // Where the older forecast no longer covers the value (ts 4 is 4
+        // after its context, beyond its 3), the newest judges alone.
+        let cfg = ScoreConfig::default();
+        let mut s = Scorer::new(cfg, 10);
+        s.set_forecast(&key, forecast_after(0, 5.0));
+        s.set_forecast(&key, forecast_after(1, 0.0));
+        let p = s.score(value(&key, 4, 4.0), 3).unwrap();
+        assert_eq!((p.scored.raw_score, p.expected), (4.0, 0.0));
     }
 
     #[test]
