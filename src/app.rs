@@ -223,7 +223,8 @@ impl App {
             }
         };
 
-        let alerting = crate::alerting::start(&config, &metrics.registry, http_addr)?;
+        let alerting =
+            crate::alerting::start(&config, &metrics.registry, http_addr, recent.clone())?;
 
         // Channels and stages.
         let (pub_tx, pub_rx) = mpsc::channel(config.publish.max_in_flight.min(65_536));

@@ -270,7 +270,7 @@ async fn one_host_is_one_incident_in_alertmanager_and_it_resolves() {
         last["generatorURL"]
             .as_str()
             .unwrap()
-            .starts_with("http://attnwatch.example:9898/#anomaly="),
+            .starts_with("http://attnwatch.example:9898/#incident=host%3Dweb-1%40"),
         "{last}"
     );
 
@@ -390,10 +390,27 @@ async fn the_incidents_topic_gets_open_update_and_close_records() {
             .contains("expected"),
         "{close}"
     );
-    assert!(
-        close["page"].as_str().unwrap().starts_with(&page),
+    // The record links to the incident's own address on the page, and to
+    // its strongest anomaly's.
+    let encoded = first.replace('=', "%3D").replace('@', "%40");
+    assert_eq!(
+        close["page"],
+        format!("http://{}/#incident={encoded}", app.http_addr()).as_str(),
         "{close}"
     );
+    assert!(
+        close["strongest"]["page"]
+            .as_str()
+            .unwrap()
+            .starts_with(&page),
+        "{close}"
+    );
+    // The page lists the same incident, closed, with both series.
+    let (status, body) = http_get(app.http_addr(), &format!("/api/incidents/{encoded}")).await;
+    assert_eq!(status, 200, "{body}");
+    let on_page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(on_page["state"], "closed", "{on_page}");
+    assert_eq!(on_page["members"].as_array().unwrap().len(), 2, "{on_page}");
     shutdown.cancel();
     app.wait().await.unwrap();
 }

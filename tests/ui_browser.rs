@@ -268,7 +268,47 @@ async fn a_labelled_nab_anomaly_is_caught_and_its_address_explains_it() {
     };
     let id = caught["id"].as_u64().unwrap().to_string();
     let url = format!("http://{addr}/#anomaly={id}");
+    // The incident the alert opened is listed, and has an address of its own.
+    let (_, body) = http_get(addr, "/api/incidents").await;
+    let incidents: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let incident = incidents
+        .iter()
+        .find(|i| i["opened_ts"] == caught["ts"])
+        .unwrap_or_else(|| panic!("no incident opened at {}: {body}", caught["ts"]))
+        .clone();
+    let incident_id = incident["id"].as_str().unwrap().to_string();
+    assert_eq!(incident["members"][0]["series"], series, "{incident}");
+    let encoded = incident_id
+        .replace('=', "%3D")
+        .replace('@', "%40")
+        .replace('/', "%2F");
+    let incident_url = format!("http://{addr}/#incident={encoded}");
     let shot = tokio::task::spawn_blocking(move || {
+        // The incident's address lists it first, describes it and draws
+        // its strongest anomaly.
+        let mut b = Browser::open(&incident_url);
+        b.wait_for(
+            "(document.body && document.body.dataset.incident) || ''",
+            |v| v == &json!(incident_id),
+        );
+        let row = b.eval("document.querySelector('#incidents tr.selected').dataset.id");
+        assert_eq!(
+            row,
+            json!(incident_id),
+            "the incident is listed and selected"
+        );
+        let detail = b.eval("document.getElementById('incident-detail').textContent");
+        let detail = detail.as_str().unwrap();
+        assert!(
+            detail.contains("Incident") && detail.contains("art_daily_jumpsup"),
+            "{detail}"
+        );
+        assert!(detail.contains("expected"), "{detail}");
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        b.screenshot(&dir.join("5-nab-incident.png"));
+        drop(b);
         let mut b = Browser::open(&url);
         b.wait_for(
             "(document.body && document.body.dataset.drawn) || ''",

@@ -102,12 +102,7 @@ pub fn alert_of(event: &Event, page: &str, now_ms: i64) -> AmAlert {
         ),
     );
     annotations.insert("series".to_string(), series.join(", "));
-    let page = page.trim_end_matches('/');
-    let generator_url = match (page.is_empty(), inc.strongest.page_id) {
-        (true, _) => String::new(),
-        (false, Some(id)) => format!("{page}/#anomaly={id}"),
-        (false, None) => format!("{page}/"),
-    };
+    let generator_url = inc.link(page).unwrap_or_default();
     let now = chrono::DateTime::from_timestamp_millis(now_ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -299,7 +294,7 @@ mod tests {
             c.annotations["description"].contains("mem: value 9"),
             "{c:?}"
         );
-        assert_eq!(a.generator_url, "http://h:9898/#anomaly=7");
+        assert_eq!(a.generator_url, "http://h:9898/#incident=host%3Dweb-1%400");
         let json = serde_json::to_value(&a).unwrap();
         assert!(
             json["generatorURL"].is_string() && json["startsAt"].is_string(),

@@ -29,6 +29,7 @@ use rdkafka::producer::FutureProducer;
 use crate::config::Config;
 use crate::flow::ScoredPoint;
 use crate::ingest::client::{self, ClientError};
+use crate::recent::SharedRecent;
 use alertmanager::{Notice, Target};
 use group::{Groups, Observation};
 
@@ -50,13 +51,16 @@ pub enum AlertingError {
 /// Alertmanager notifier and the incidents topic's producer, each behind
 /// its own bounded queue (their tasks end when the returned grouping is
 /// dropped). The page is at `http_addr` unless `page_url` says otherwise.
+/// With the page's store (`board`), incidents are grouped for the page
+/// even without a sink.
 pub fn start(
     config: &Config,
     registry: &Registry,
     http_addr: SocketAddr,
+    board: Option<SharedRecent>,
 ) -> Result<Option<Alerting>, AlertingError> {
     let cfg = &config.alerting;
-    if !cfg.enabled() {
+    if !cfg.enabled() && board.is_none() {
         return Ok(None);
     }
     let metrics = AlertMetrics::register(registry)?;
@@ -105,6 +109,7 @@ pub fn start(
     Ok(Some(Alerting::new(
         Groups::new(cfg.group_by.clone(), gap_ms),
         sinks,
+        board,
         page,
         metrics,
     )))
@@ -189,6 +194,7 @@ impl AlertMetrics {
 pub struct Alerting {
     groups: Groups,
     sinks: Vec<flume::Sender<Notice>>,
+    board: Option<SharedRecent>,
     page: String,
     metrics: AlertMetrics,
 }
@@ -199,12 +205,14 @@ impl Alerting {
     pub fn new(
         groups: Groups,
         sinks: Vec<flume::Sender<Notice>>,
+        board: Option<SharedRecent>,
         page: String,
         metrics: AlertMetrics,
     ) -> Self {
         Alerting {
             groups,
             sinks,
+            board,
             page,
             metrics,
         }
@@ -212,6 +220,11 @@ impl Alerting {
 
     /// The next scored point; `page_id` is its id on the page, if kept.
     pub fn observe(&mut self, p: &ScoredPoint, page_id: Option<u64>) {
+        // The common case costs nothing: an ordinary point while no
+        // incident is open can neither open nor close one.
+        if self.groups.open() == 0 && !p.anomaly() {
+            return;
+        }
         let Some(o) = observation(p, page_id) else {
             return;
         };
@@ -221,6 +234,11 @@ impl Alerting {
                 .incidents
                 .with_label_values(&[event.kind()])
                 .inc();
+            if let Some(board) = &self.board {
+                if let Ok(mut r) = board.lock() {
+                    r.incident_event(&event);
+                }
+            }
             let alert = alertmanager::alert_of(&event, &self.page, now);
             let notice = Notice { event, alert };
             for sink in &self.sinks {

@@ -24,11 +24,11 @@ pub fn record(event: &Event, page: &str, now_ms: i64) -> serde_json::Value {
         .iter()
         .map(|(s, m)| json!({"series": &**s, "first_ts": m.first_ts, "score": m.score}))
         .collect();
-    let page = page.trim_end_matches('/');
-    let link = match (page.is_empty(), inc.strongest.page_id) {
-        (true, _) => serde_json::Value::Null,
-        (false, Some(id)) => json!(format!("{page}/#anomaly={id}")),
-        (false, None) => json!(format!("{page}/")),
+    let link = inc.link(page);
+    let base = page.trim_end_matches('/');
+    let anomaly_link = match (base.is_empty(), inc.strongest.page_id) {
+        (false, Some(id)) => Some(format!("{base}/#anomaly={id}")),
+        _ => None,
     };
     json!({
         "event": event.kind(),
@@ -42,6 +42,7 @@ pub fn record(event: &Event, page: &str, now_ms: i64) -> serde_json::Value {
             "ts": inc.strongest.ts,
             "score": inc.strongest.score,
             "why": inc.strongest.why,
+            "page": anomaly_link,
         },
         "page": link,
         "at_ms": now_ms,
@@ -102,7 +103,8 @@ mod tests {
         assert_eq!(r["event"], "open");
         assert_eq!(r["incident"], "host=h1@0");
         assert_eq!(r["group"]["host"], "h1");
-        assert_eq!(r["page"], "http://h:9898/#anomaly=3");
+        assert_eq!(r["page"], "http://h:9898/#incident=host%3Dh1%400");
+        assert_eq!(r["strongest"]["page"], "http://h:9898/#anomaly=3");
         assert_eq!(
             record(&update, "", 5)["series"].as_array().unwrap().len(),
             2

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub mod forecast;
+pub mod incident;
 pub mod scored;
 
 pub use forecast::{Explanation, Forecast};

@@ -19,6 +19,7 @@ const TOKEN: &str = "s3cret-T0ken_for.tests~";
 struct Served {
     router: Router,
     metrics: Metrics,
+    recent: crate::recent::SharedRecent,
 }
 
 /// A router over an empty store, ready (so `/readyz` answers 200), with
@@ -41,13 +42,14 @@ fn served(token: bool, protect_metrics: bool, protect_health: bool) -> Served {
             metrics.clone(),
             health,
             Some(crate::ui::Page {
-                recent,
+                recent: recent.clone(),
                 feedback: None,
                 stop: tokio_util::sync::CancellationToken::new(),
             }),
             Access::new(token, &server),
         ),
         metrics,
+        recent,
     }
 }
 
@@ -93,18 +95,21 @@ impl Served {
     }
 }
 
-const PAGE_AND_API: [&str; 5] = [
+const PAGE_AND_API: [&str; 7] = [
     "/",
     "/api/anomalies",
     "/api/anomalies?series=a&limit=5",
     "/api/series",
     "/api/series/web-01%2Fcpu",
+    "/api/incidents?limit=5",
+    "/api/incidents/host%3Dweb-1%401700000000000",
 ];
 const HEALTH: [&str; 2] = ["/healthz", "/readyz"];
 
 fn ok_status(path: &str) -> StatusCode {
-    // A series the empty store does not hold is a 404 once through.
-    if path.starts_with("/api/series/") {
+    // A series or incident the empty store does not hold is a 404 once
+    // through.
+    if path.starts_with("/api/series/") || path.starts_with("/api/incidents/") {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::OK
@@ -129,6 +134,58 @@ async fn without_a_token_everything_is_open() {
     assert!(page.body.contains("Recent anomalies"), "the page itself");
     assert_eq!(s.get("/nope", None).await.status, StatusCode::NOT_FOUND);
     assert!(Endpoint::ALL.iter().all(|e| s.refused(e.as_str()) == 0));
+}
+
+#[tokio::test]
+async fn incidents_are_listed_and_have_an_address_of_their_own() {
+    use crate::flow::incident::{Event, Incident, Member, Observation};
+    use std::collections::BTreeMap;
+    let s = served(false, false, false);
+    let strongest = Observation {
+        series: "web-1/cpu".into(),
+        labels: Arc::new(BTreeMap::new()),
+        ts: 1_700_000_000_000,
+        anomaly: true,
+        score: 4.0,
+        why: "value 97 where 20 was expected".into(),
+        page_id: Some(3),
+    };
+    let inc = Incident {
+        id: "host=web-1@1700000000000".into(),
+        group: BTreeMap::from([("host".to_string(), "web-1".to_string())]),
+        opened_ts: 1_700_000_000_000,
+        last_ts: 1_700_000_300_000,
+        members: BTreeMap::from([(
+            Arc::<str>::from("web-1/cpu"),
+            Member {
+                first_ts: 1_700_000_000_000,
+                score: 4.0,
+            },
+        )]),
+        strongest,
+    };
+    // The address the Alertmanager annotation and the incidents topic give.
+    let link = inc.link("http://127.0.0.1:9898/").unwrap();
+    assert_eq!(
+        link,
+        "http://127.0.0.1:9898/#incident=host%3Dweb-1%401700000000000"
+    );
+    s.recent.lock().unwrap().incident_event(&Event::Open(inc));
+    let list = s.get("/api/incidents", None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    assert_eq!(v[0]["id"], "host=web-1@1700000000000");
+    assert_eq!(v[0]["state"], "open");
+    assert_eq!(v[0]["members"][0]["series"], "web-1/cpu");
+    assert_eq!(v[0]["strongest"]["anomaly"], 3);
+    let one = s
+        .get("/api/incidents/host%3Dweb-1%401700000000000", None)
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    let v: serde_json::Value = serde_json::from_str(&one.body).unwrap();
+    assert_eq!(v["strongest"]["why"], "value 97 where 20 was expected");
+    let page = s.get("/", None).await;
+    assert!(page.body.contains("Incidents") && page.body.contains("#incident="));
 }
 
 #[tokio::test]

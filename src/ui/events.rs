@@ -3,6 +3,8 @@
 //!
 //! - `event: anomaly`, `id: <anomaly id>`, `data:` the anomaly as
 //!   `/api/anomalies` lists it (with `alert` and `incident`);
+//! - `event: incident`, `id: <incident id>`, `data:` the incident as
+//!   `/api/incidents/{id}` gives it, on each open, update and close;
 //! - `event: resync` when the stream fell behind (more than 1,024 new
 //!   anomalies unread) or an anomaly is no longer held: re-read the list.
 //!
@@ -21,11 +23,11 @@ use tokio::sync::broadcast::Receiver;
 use tokio_util::sync::CancellationToken;
 
 use super::{summary, unavailable, Page};
-use crate::recent::SharedRecent;
+use crate::recent::{Pushed, SharedRecent};
 
 /// What one stream holds between events.
 struct Stream {
-    rx: Receiver<u64>,
+    rx: Receiver<Pushed>,
     recent: SharedRecent,
     stop: CancellationToken,
 }
@@ -38,6 +40,18 @@ fn anomaly_event(recent: &SharedRecent, id: u64) -> Event {
     });
     match json {
         Some(j) => Event::default().event("anomaly").id(id.to_string()).data(j),
+        None => Event::default().event("resync").data("{}"),
+    }
+}
+
+/// The event for incident `id`, or a resync if it is gone already.
+fn incident_event(recent: &SharedRecent, id: &str) -> Event {
+    let json = recent
+        .lock()
+        .ok()
+        .and_then(|r| r.incident(id).and_then(|i| serde_json::to_string(i).ok()));
+    match json {
+        Some(j) => Event::default().event("incident").id(id).data(j),
         None => Event::default().event("resync").data("{}"),
     }
 }
@@ -58,7 +72,8 @@ pub(super) async fn events(State(page): State<Page>) -> Response {
             () = s.stop.cancelled() => return None,
         };
         let event = match got {
-            Ok(id) => anomaly_event(&s.recent, id),
+            Ok(Pushed::Anomaly(id)) => anomaly_event(&s.recent, id),
+            Ok(Pushed::Incident(id)) => incident_event(&s.recent, &id),
             Err(RecvError::Lagged(missed)) => Event::default()
                 .event("resync")
                 .data(format!("{{\"missed\":{missed}}}")),

@@ -12,6 +12,10 @@
 //! - `GET /api/anomalies/{id}`: one anomaly with its explanation: the
 //!   context values, the attention over the context tokens per layer with
 //!   each token's time range, and the top-attended ranges;
+//! - `GET /api/incidents?limit=N`: incidents across series, open ones
+//!   first, then the newest (N at most 500, default 50): group, series,
+//!   first alerts, and the strongest anomaly with its words and its id;
+//! - `GET /api/incidents/{id}`: one incident (`id` percent-encoded);
 //! - `GET /api/series`: the ids of the series held, most recently updated first;
 //! - `GET /api/series/{id}`: a series' recent points (value, expected,
 //!   band, score, threshold, anomaly); `id` percent-encoded;
@@ -56,6 +60,8 @@ pub fn routes(page: Page) -> Router {
         .route("/", get(index))
         .route("/api/anomalies", get(anomalies))
         .route("/api/anomalies/{id}", get(anomaly))
+        .route("/api/incidents", get(incidents))
+        .route("/api/incidents/{*id}", get(incident))
         .route("/api/series", get(series_list))
         .route("/api/series/{*id}", get(series))
         .with_state(page.recent.clone())
@@ -266,6 +272,36 @@ async fn series(State(recent): State<SharedRecent>, Path(id): Path<String>) -> R
         None => (
             StatusCode::NOT_FOUND,
             format!("series {id:?} is not held\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IncidentQuery {
+    limit: Option<usize>,
+}
+
+async fn incidents(State(recent): State<SharedRecent>, Query(q): Query<IncidentQuery>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    let limit = q
+        .limit
+        .unwrap_or(50)
+        .min(crate::recent::incidents::MAX_INCIDENTS);
+    Json(r.incidents(limit)).into_response()
+}
+
+async fn incident(State(recent): State<SharedRecent>, Path(id): Path<String>) -> Response {
+    let Ok(r) = recent.lock() else {
+        return unavailable();
+    };
+    match r.incident(&id) {
+        Some(i) => Json(i).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("incident {id:?} is not held\n"),
         )
             .into_response(),
     }

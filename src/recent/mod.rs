@@ -8,7 +8,11 @@
 //! explanation can be drawn after the series has moved on. The publish
 //! stage feeds it, the HTTP server reads it; each new anomaly's id is also
 //! broadcast to the page's event streams (`GET /api/events`), which drop
-//! what they cannot keep up with and then ask the page to re-read.
+//! what they cannot keep up with and then ask the page to re-read. The
+//! incidents across series ([`incidents`]) are kept here too, and each
+//! change to one is broadcast the same way.
+
+pub mod incidents;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +23,18 @@ use tokio::sync::broadcast;
 
 use crate::config::UiConfig;
 use crate::flow::forecast::Explanation;
+use crate::flow::incident::Event;
 use crate::flow::{Channels, Match, ScoredPoint};
+use incidents::{Board, IncidentView};
+
+/// What the event streams are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// A new anomaly, by id.
+    Anomaly(u64),
+    /// An incident opened, changed or closed, by id.
+    Incident(Arc<str>),
+}
 
 /// The store as the publish stage and the HTTP server share it.
 pub type SharedRecent = Arc<std::sync::Mutex<Recent>>;
@@ -91,7 +106,8 @@ pub struct Recent {
     anomalies: VecDeque<Anomaly>,
     next_id: u64,
     held: Held,
-    events: broadcast::Sender<u64>,
+    incidents: Board,
+    events: broadcast::Sender<Pushed>,
 }
 
 /// New anomalies an event stream may fall behind by before it is told to
@@ -107,13 +123,30 @@ impl Recent {
             anomalies: VecDeque::new(),
             next_id: 1,
             held: Held::default(),
+            incidents: Board::default(),
             events: broadcast::channel(EVENTS_BEHIND).0,
         }
     }
 
-    /// The ids of new anomalies, as they are kept.
-    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+    /// New anomalies and incident changes, as they are kept.
+    pub fn subscribe(&self) -> broadcast::Receiver<Pushed> {
         self.events.subscribe()
+    }
+
+    /// Fold in an incident event (from the grouping).
+    pub fn incident_event(&mut self, event: &Event) {
+        let id = self.incidents.apply(event);
+        let _ = self.events.send(Pushed::Incident(id));
+    }
+
+    /// Up to `limit` incidents, open ones first, then the newest.
+    pub fn incidents(&self, limit: usize) -> Vec<&IncidentView> {
+        self.incidents.list(limit)
+    }
+
+    /// The incident `id`, if held.
+    pub fn incident(&self, id: &str) -> Option<&IncidentView> {
+        self.incidents.get(id)
     }
 
     /// Record one scored point (its highest-scoring feature); the id of
@@ -169,7 +202,7 @@ impl Recent {
             }
             self.anomalies.push_back(anomaly);
             // No page listening is not an error.
-            let _ = self.events.send(self.next_id - 1);
+            let _ = self.events.send(Pushed::Anomaly(self.next_id - 1));
         }
         self.held.series = self.series.len();
         self.held.anomalies = self.anomalies.len();
