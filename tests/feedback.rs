@@ -4,7 +4,11 @@
 //! API. A restarted service (a new consumer group, so the same input is
 //! replayed from the start) reads the compacted feedback topic before it
 //! scores anything: the marked series no longer alerts on the same spike,
-//! and the other series still does.
+//! and the other series still does. A third series, without a spike, gets
+//! "missed" on a calm stretch: after the restart the strongest channel at
+//! that stretch's peak is scaled up on that series only, so the peak scores
+//! `min(threshold x 1.1, 1.5 x peak)` (the same pattern alerts again when
+//! the peak was within a factor 1.5 of the threshold).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -46,12 +50,21 @@ async fn not_an_anomaly_stops_the_same_spike_alerting_on_that_series_only_after_
     let spike = contract().min_points + 300;
     let n = spike + 30;
     let values = series(n, spike, 11);
+    let calm = series(n, usize::MAX, 12);
     let spike_ts = values[spike].0;
+    let (from_ts, to_ts) = (values[spike - 150].0, values[spike - 10].0);
     let p = producer();
-    for (ts, v) in &values {
+    for (i, (ts, v)) in values.iter().enumerate() {
         for s in ["fb-marked", "fb-other"] {
             produce(&p, &names.input, s, &sample(s, *ts, *v)).await;
         }
+        produce(
+            &p,
+            &names.input,
+            "fb-missed",
+            &sample("fb-missed", *ts, calm[i].1),
+        )
+        .await;
     }
 
     // First run: both series alert on the spike; one is marked.
@@ -125,13 +138,46 @@ async fn not_an_anomaly_stops_the_same_spike_alerting_on_that_series_only_after_
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // "Missed" on a calm stretch of the third series: the record carries
+    // the stretch's highest score and its channel, as the page holds them.
+    let (status, body) = http_get(app.http_addr(), "/api/series/fb-missed").await;
+    assert_eq!(status, 200, "{body}");
+    let points: Value = serde_json::from_str(&body).unwrap();
+    let (peak_ts, peak) = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| (from_ts..=to_ts).contains(&p["ts"].as_i64().unwrap()))
+        .map(|p| (p["ts"].as_i64().unwrap(), p["score"].as_f64().unwrap()))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("the stretch's points on the page");
+    assert!(peak > 0.0 && peak <= 1.0, "a calm stretch: peak {peak}");
+    let (status, body) = post(
+        app.http_addr(),
+        "/api/feedback",
+        serde_json::json!({"verdict": "missed", "series": "fb-missed", "start_ts": from_ts, "end_ts": to_ts}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let taught = answer["record"]["channels"].as_object().unwrap();
+    assert_eq!(taught.len(), 1, "{answer}");
+    assert_eq!(
+        taught.values().next().unwrap().as_f64(),
+        Some(peak),
+        "{answer}"
+    );
     let (_, listed) = http_get(app.http_addr(), "/api/feedback").await;
     let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["series"], "fb-marked");
-    assert_eq!(listed[0]["start_ts"], spike_ts);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let mark = listed
+        .iter()
+        .find(|r| r["verdict"] == "not_anomaly")
+        .unwrap();
+    assert_eq!(mark["series"], "fb-marked");
+    assert_eq!(mark["start_ts"], spike_ts);
     let (_, metrics) = http_get(app.http_addr(), "/metrics").await;
-    assert!(metrics.contains("attnwatch_feedback_series 1"), "{metrics}");
+    assert!(metrics.contains("attnwatch_feedback_series 2"), "{metrics}");
     shutdown.cancel();
     app.wait().await.unwrap();
 
@@ -147,6 +193,20 @@ async fn not_an_anomaly_stops_the_same_spike_alerting_on_that_series_only_after_
         read_until(&reader(&replay.output), &mut again, deadline, both).await,
         "no replayed outputs at the spike"
     );
+    let taught = |g: &[Got]| at(g, "fb-missed", peak_ts).is_some();
+    assert!(
+        read_until(&reader(&replay.output), &mut again, deadline, taught).await,
+        "no replayed output at the missed stretch's peak"
+    );
+    let boosted = at(&again, "fb-missed", peak_ts).unwrap();
+    let want = (1.1f64).min(1.5 * peak);
+    let got = boosted["score"].as_f64().unwrap();
+    eprintln!("missed: the stretch's peak {peak} at {peak_ts} scores {got} after the restart");
+    assert!(
+        (got - want).abs() < 1e-6 * want,
+        "the missed stretch's peak {peak} now scores {want}: {boosted}"
+    );
+    assert_eq!(boosted["anomaly"], want > 1.0, "{boosted}");
     let marked = at(&again, "fb-marked", spike_ts).unwrap();
     let other = at(&again, "fb-other", spike_ts).unwrap();
     assert_eq!(

@@ -137,7 +137,7 @@ impl FeedbackMetrics {
         let held = IntGauge::new("attnwatch_feedback_records", "Feedback records held")?;
         let series = IntGauge::new(
             "attnwatch_feedback_series",
-            "Series whose calibration a not_anomaly mark changed",
+            "Series whose calibration feedback changed (not_anomaly, or missed with its peak)",
         )?;
         registry.register(Box::new(applied.clone()))?;
         registry.register(Box::new(invalid.clone()))?;

@@ -15,9 +15,16 @@
 //!   marked one, or up to 10% stronger) no longer alerts there, a clearly
 //!   stronger one still does, and no other series changes. Several marks
 //!   on one series keep the highest ceiling per channel.
-//! - **Missed.** Kept, listed and counted, and shown on the page; it does
-//!   not change the calibration yet (what would, a lower tail for the
-//!   channels of that range, is not built).
+//! - **Missed.** The record carries the highest score the page saw inside
+//!   the range and the channel that drove it (when the page still holds
+//!   the range's points). The series gets a *floor* of that strength
+//!   divided by [`MARGIN`] on that channel: from then on the channel's
+//!   strength on that series is scaled up by `threshold / floor`, at most
+//!   [`MAX_BOOST`] times, so the same pattern alerts there and no other
+//!   series changes. A range whose peak is too weak for that (below
+//!   `threshold x MARGIN / MAX_BOOST`) is scaled by [`MAX_BOOST`] only:
+//!   scaling a channel further would make every ordinary value of the
+//!   series alert. Where a channel has both, "not an anomaly" wins.
 //!
 //! A null value (a tombstone) under a record's key withdraws it.
 //!
@@ -36,6 +43,12 @@ use crate::flow::Channels;
 /// How much stronger than a marked point the same channel must be on that
 /// series to alert again.
 pub const MARGIN: f64 = 1.1;
+
+/// Most a "missed" range scales a channel up on its series. A channel's
+/// strength s has tail probability `risk^s`, so a boost of b makes an
+/// ordinary value alert with probability `risk^(1/b)`: 1.5 keeps that at
+/// 0.2% of values at the default risk (1e-4).
+pub const MAX_BOOST: f64 = 1.5;
 
 /// Most feedback records held (the topic is compacted; beyond this the
 /// oldest records are not applied, and `attnwatch_feedback_dropped_total`
@@ -77,7 +90,9 @@ pub struct Record {
     /// `not_anomaly`: the same as `start_ts`. `missed`: the range's end.
     pub end_ts: i64,
     /// `not_anomaly`: each channel's strength at the marked point, by
-    /// name. Empty for `missed`.
+    /// name. `missed`: the highest score inside the range under the
+    /// channel that drove it (empty when the page no longer held the
+    /// range's points: the record is kept but teaches nothing).
     #[serde(default)]
     pub channels: HashMap<String, f64>,
     /// When it was given (epoch ms).
@@ -158,21 +173,20 @@ impl Record {
                 end: self.end_ts,
             });
         }
-        if self.verdict == Verdict::NotAnomaly {
-            let unknown: Vec<&str> = self
-                .channels
-                .keys()
-                .filter(|k| !Channels::NAMES.contains(&k.as_str()))
-                .map(String::as_str)
-                .collect();
-            if self.channels.is_empty() || !unknown.is_empty() {
-                return Err(FeedbackError::Channels(unknown.join(", ")));
-            }
-            if self.channels.values().any(|v| !v.is_finite() || *v < 0.0) {
-                return Err(FeedbackError::Channels(
-                    "a non-finite or negative strength".into(),
-                ));
-            }
+        let unknown: Vec<&str> = self
+            .channels
+            .keys()
+            .filter(|k| !Channels::NAMES.contains(&k.as_str()))
+            .map(String::as_str)
+            .collect();
+        let missing = self.verdict == Verdict::NotAnomaly && self.channels.is_empty();
+        if missing || !unknown.is_empty() {
+            return Err(FeedbackError::Channels(unknown.join(", ")));
+        }
+        if self.channels.values().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(FeedbackError::Channels(
+                "a non-finite or negative strength".into(),
+            ));
         }
         Ok(())
     }
@@ -185,15 +199,35 @@ impl Record {
         Ok(r)
     }
 
-    /// The ceilings this record sets, per channel (0: none).
-    fn ceilings(&self) -> [f64; 6] {
-        let mut c = [0.0; 6];
-        if self.verdict == Verdict::NotAnomaly {
-            for (i, name) in Channels::NAMES.iter().enumerate() {
-                c[i] = self.channels.get(*name).copied().unwrap_or(0.0) * MARGIN;
+    /// The ceilings (`not_anomaly`) or floors (`missed`) this record sets,
+    /// per channel (0: none).
+    fn adjust(&self) -> Adjust {
+        let mut a = Adjust::default();
+        for (i, name) in Channels::NAMES.iter().enumerate() {
+            let x = self.channels.get(*name).copied().unwrap_or(0.0);
+            match self.verdict {
+                Verdict::NotAnomaly => a.ceiling[i] = x * MARGIN,
+                Verdict::Missed => a.floor[i] = x / MARGIN,
             }
         }
-        c
+        a
+    }
+}
+
+/// What a series' feedback does to its channels: `ceiling` (from "not an
+/// anomaly") scales a channel down, `floor` (from "missed") scales it up;
+/// 0 where none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Adjust {
+    /// Per channel: strengths up to this no longer pass the threshold.
+    pub ceiling: [f64; 6],
+    /// Per channel: strengths from this pass the threshold.
+    pub floor: [f64; 6],
+}
+
+impl Adjust {
+    fn is_empty(&self) -> bool {
+        self.ceiling.iter().chain(&self.floor).all(|x| *x <= 0.0)
     }
 }
 
@@ -203,7 +237,7 @@ pub struct Book {
     records: HashMap<String, Record>,
     /// The keys of each series key's records.
     by_series: HashMap<String, HashSet<String>>,
-    ceilings: HashMap<Arc<str>, [f64; 6]>,
+    ceilings: HashMap<Arc<str>, Adjust>,
     /// Most records held (0: [`MAX_RECORDS`]).
     max: usize,
 }
@@ -252,19 +286,26 @@ impl Book {
         true
     }
 
-    /// The ceilings of one series key, from its records only.
+    /// The adjustments of one series key, from its records only: the
+    /// highest ceiling and the lowest floor per channel.
     fn recompute(&mut self, score_key: &str) {
-        let mut c = [0.0f64; 6];
+        let mut c = Adjust::default();
         let keys = self.by_series.get(score_key).into_iter().flatten();
         for r in keys.filter_map(|k| self.records.get(k)) {
-            for (acc, x) in c.iter_mut().zip(r.ceilings()) {
+            let a = r.adjust();
+            for (acc, x) in c.ceiling.iter_mut().zip(a.ceiling) {
                 *acc = acc.max(x);
             }
+            for (acc, x) in c.floor.iter_mut().zip(a.floor) {
+                if x > 0.0 && (*acc <= 0.0 || x < *acc) {
+                    *acc = x;
+                }
+            }
         }
-        if c.iter().any(|x| *x > 0.0) {
-            self.ceilings.insert(score_key.into(), c);
-        } else {
+        if c.is_empty() {
             self.ceilings.remove(score_key);
+        } else {
+            self.ceilings.insert(score_key.into(), c);
         }
     }
 
@@ -273,8 +314,8 @@ impl Book {
         self.records.get(key)
     }
 
-    /// The ceilings of a series key, if any record set one.
-    pub fn ceilings(&self, score_key: &str) -> Option<&[f64; 6]> {
+    /// The adjustments of a series key, if any record set one.
+    pub fn ceilings(&self, score_key: &str) -> Option<&Adjust> {
         self.ceilings.get(score_key)
     }
 
@@ -295,27 +336,36 @@ impl Book {
         self.records.is_empty()
     }
 
-    /// Series keys with a ceiling.
+    /// Series keys with a ceiling or a floor.
     pub fn series_with_ceilings(&self) -> usize {
         self.ceilings.len()
     }
 }
 
-/// Scale each channel of a scored value by its series' ceilings: a channel
+/// Scale each channel of a scored value by its series' feedback: a channel
 /// with a ceiling above `threshold` is scaled by `threshold / ceiling`, so
-/// that a strength up to the ceiling no longer passes the threshold.
-pub fn apply_ceilings(channels: &mut Channels, ceilings: &[f64; 6], threshold: f64) {
-    let scale = |x: &mut f64, c: f64| {
-        if c > threshold && threshold > 0.0 {
+/// that a strength up to the ceiling no longer passes the threshold;
+/// otherwise a channel with a floor below `threshold` is scaled by
+/// `threshold / floor` (at most [`MAX_BOOST`]), so that a strength from the
+/// floor passes it.
+pub fn apply_ceilings(channels: &mut Channels, adjust: &Adjust, threshold: f64) {
+    let scale = |x: &mut f64, i: usize| {
+        let (c, f) = (adjust.ceiling[i], adjust.floor[i]);
+        if threshold <= 0.0 {
+            return;
+        }
+        if c > threshold {
             *x *= threshold / c;
+        } else if f > 0.0 && f < threshold {
+            *x *= (threshold / f).min(MAX_BOOST);
         }
     };
-    scale(&mut channels.point, ceilings[0]);
-    scale(&mut channels.run, ceilings[1]);
-    scale(&mut channels.shift, ceilings[2]);
-    scale(&mut channels.novelty, ceilings[3]);
-    scale(&mut channels.range, ceilings[4]);
-    scale(&mut channels.memory, ceilings[5]);
+    scale(&mut channels.point, 0);
+    scale(&mut channels.run, 1);
+    scale(&mut channels.shift, 2);
+    scale(&mut channels.novelty, 3);
+    scale(&mut channels.range, 4);
+    scale(&mut channels.memory, 5);
 }
 
 /// The book shared by the feedback reader (writes) and the score stages
@@ -349,8 +399,8 @@ impl SharedBook {
         self.version.load(Ordering::Acquire)
     }
 
-    /// A copy of the ceilings per series key.
-    pub fn ceilings(&self) -> HashMap<Arc<str>, [f64; 6]> {
+    /// A copy of the adjustments per series key.
+    pub fn ceilings(&self) -> HashMap<Arc<str>, Adjust> {
         self.book
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -389,7 +439,7 @@ mod tests {
         let r = not_anomaly("a", 10, 3.0, 0.5);
         assert!(b.apply(&r.key(), Some(r.clone())));
         let c = b.ceilings("a").unwrap();
-        assert!((c[0] - 3.3).abs() < 1e-9 && (c[4] - 0.55).abs() < 1e-9);
+        assert!((c.ceiling[0] - 3.3).abs() < 1e-9 && (c.ceiling[4] - 0.55).abs() < 1e-9);
         assert!(b.ceilings("b").is_none());
         // The same strength no longer passes the threshold; 20% more does.
         let mut same = Channels {
@@ -423,9 +473,9 @@ mod tests {
         );
         b.apply(&low.key(), Some(low.clone()));
         b.apply(&high.key(), Some(high.clone()));
-        assert!((b.ceilings("a").unwrap()[0] - 5.5).abs() < 1e-9);
+        assert!((b.ceilings("a").unwrap().ceiling[0] - 5.5).abs() < 1e-9);
         b.apply(&high.key(), None);
-        assert!((b.ceilings("a").unwrap()[0] - 2.2).abs() < 1e-9);
+        assert!((b.ceilings("a").unwrap().ceiling[0] - 2.2).abs() < 1e-9);
         b.apply(&low.key(), None);
         assert!(b.ceilings("a").is_none() && b.is_empty());
     }
@@ -443,26 +493,77 @@ mod tests {
         // Replacing a held record is not a new one.
         let again = not_anomaly("s0", 0, 3.0, 0.0);
         assert!(b.apply(&again.key(), Some(again)));
-        assert!((b.ceilings("s0").unwrap()[0] - 3.3).abs() < 1e-9);
+        assert!((b.ceilings("s0").unwrap().ceiling[0] - 3.3).abs() < 1e-9);
     }
 
-    #[test]
-    fn missed_is_kept_without_ceilings() {
-        let mut b = Book::new();
-        let r = Record {
+    fn missed(series: &str, channels: &[(&str, f64)]) -> Record {
+        Record {
             verdict: Verdict::Missed,
-            series: "a".into(),
+            series: series.into(),
             feature: "value".into(),
             start_ts: 100,
             end_ts: 200,
-            channels: HashMap::new(),
+            channels: channels.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             at_ms: 5,
             note: Some("disk filled".into()),
-        };
+        }
+    }
+
+    #[test]
+    fn missed_without_the_ranges_points_is_kept_and_teaches_nothing() {
+        let mut b = Book::new();
+        let r = missed("a", &[]);
         r.validate().unwrap();
         b.apply(&r.key(), Some(r));
         assert_eq!(b.len(), 1);
         assert!(b.ceilings("a").is_none());
+    }
+
+    #[test]
+    fn missed_makes_the_same_strength_pass_on_its_series_only() {
+        let mut b = Book::new();
+        let r = missed("a", &[("point", 0.88)]);
+        r.validate().unwrap();
+        b.apply(&r.key(), Some(r));
+        let adj = *b.ceilings("a").unwrap();
+        assert!((adj.floor[0] - 0.8).abs() < 1e-9, "{adj:?}");
+        assert!(b.ceilings("b").is_none());
+        // The range's peak now passes the threshold; 20% less does not, and
+        // other channels are as they were.
+        let mut same = Channels {
+            point: 0.88,
+            range: 0.5,
+            ..Channels::default()
+        };
+        apply_ceilings(&mut same, &adj, 1.0);
+        assert!(same.point > 1.0 && same.range == 0.5, "{same:?}");
+        let mut weaker = Channels {
+            point: 0.7,
+            ..Channels::default()
+        };
+        apply_ceilings(&mut weaker, &adj, 1.0);
+        assert!(weaker.max() <= 1.0, "{weaker:?}");
+        // A weak peak is scaled by MAX_BOOST at most.
+        let r = missed("c", &[("memory", 0.2)]);
+        b.apply(&r.key(), Some(r));
+        let mut weak = Channels {
+            memory: 0.2,
+            ..Channels::default()
+        };
+        apply_ceilings(&mut weak, b.ceilings("c").unwrap(), 1.0);
+        assert!((weak.memory - 0.2 * MAX_BOOST).abs() < 1e-9, "{weak:?}");
+        // "Not an anomaly" on the same channel wins over "missed".
+        let n = not_anomaly("a", 10, 3.0, 0.0);
+        b.apply(&n.key(), Some(n));
+        let mut both = Channels {
+            point: 3.0,
+            ..Channels::default()
+        };
+        apply_ceilings(&mut both, b.ceilings("a").unwrap(), 1.0);
+        assert!(both.point <= 1.0, "{both:?}");
+        // Bad strengths are refused for missed too.
+        assert!(missed("a", &[("nope", 1.0)]).validate().is_err());
+        assert!(missed("a", &[("point", f64::NAN)]).validate().is_err());
     }
 
     #[test]

@@ -27,6 +27,16 @@ use crate::flow::incident::Event;
 use crate::flow::{Channels, Match, ScoredPoint};
 use incidents::{Board, IncidentView};
 
+/// The index of the strongest channel in [`Channels::NAMES`].
+fn channel_index(c: &Channels) -> u8 {
+    let name = c.strongest();
+    Channels::NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(0)
+}
+
 /// What the event streams are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pushed {
@@ -56,6 +66,9 @@ pub struct PointView {
     pub threshold: f64,
     /// Whether it was flagged.
     pub anomaly: bool,
+    /// The channel that drove the score (index into [`Channels::NAMES`]).
+    #[serde(skip)]
+    pub channel: u8,
 }
 
 /// One anomaly, with what explains it.
@@ -161,6 +174,7 @@ impl Recent {
             score: f.scored.score,
             threshold: f.scored.threshold,
             anomaly: p.anomaly(),
+            channel: channel_index(&f.scored.channels),
         };
         let cap = self.cfg.points_per_series.max(1);
         if !self.series.contains(&p.series) {
@@ -240,6 +254,18 @@ impl Recent {
         self.series
             .peek(series)
             .map(|r| r.iter().copied().collect())
+    }
+
+    /// The highest score of `series` over `start..=end` (grid time) and the
+    /// channel that drove it, if the store holds points there.
+    pub fn peak(&self, series: &str, start: i64, end: i64) -> Option<(&'static str, f64)> {
+        let points = self.series.peek(series)?;
+        let best = points
+            .iter()
+            .filter(|p| (start..=end).contains(&p.ts) && p.score.is_finite())
+            .max_by(|a, b| a.score.total_cmp(&b.score))?;
+        let name = Channels::NAMES.get(usize::from(best.channel))?;
+        Some((name, best.score))
     }
 
     /// Ids of the held series, most recently updated first.

@@ -38,7 +38,7 @@ pub use memory::{Memory, MemoryScore, MemorySettings};
 pub use range::Range;
 
 use crate::config::{Channel, ScoreConfig};
-use crate::feedback::SharedBook;
+use crate::feedback::{Adjust, SharedBook};
 use crate::flow::forecast::{Explanation, Forecast};
 pub use crate::flow::{Channels, Match, Scored};
 
@@ -149,11 +149,11 @@ pub struct Scorer {
 struct Feedback {
     book: Arc<SharedBook>,
     version: u64,
-    ceilings: HashMap<Arc<str>, [f64; 6]>,
+    ceilings: HashMap<Arc<str>, Adjust>,
 }
 
 impl Feedback {
-    fn ceilings(&mut self, key: &str) -> Option<&[f64; 6]> {
+    fn ceilings(&mut self, key: &str) -> Option<&Adjust> {
         let v = self.book.version();
         if v != self.version {
             self.ceilings = self.book.ceilings();

@@ -3,7 +3,9 @@
 //! - `POST /api/feedback` with `{"verdict": "not_anomaly", "anomaly": ID}`
 //!   (an anomaly the page holds; its channel strengths are taken from it)
 //!   or `{"verdict": "missed", "series": S, "feature": F (default
-//!   "value"), "start_ts": T0, "end_ts": T1}`, either with an optional
+//!   "value"), "start_ts": T0, "end_ts": T1}` (the highest score the page
+//!   holds inside the range, and its channel, go with it: what the series
+//!   learns; none when the page no longer holds the range), either with an optional
 //!   `"note"`. The record goes to the feedback topic; the answer (200, the
 //!   record and its key) comes once this replica applies it, or 202 when
 //!   that takes longer than 5 s. 400 for a bad request (with the reason),
@@ -135,13 +137,26 @@ fn record(req: Request, recent: &SharedRecent, now_ms: i64) -> Result<Record, Re
                     "missed needs \"series\", \"start_ts\" and \"end_ts\" (epoch ms)",
                 ));
             };
+            let Ok(r) = recent.lock() else {
+                return Err(refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store unavailable",
+                ));
+            };
+            let channels = r
+                .peak(&series, start_ts, end_ts)
+                .filter(|(_, score)| *score > 0.0)
+                .map(|(name, score)| (name.to_string(), score))
+                .into_iter()
+                .collect();
+            drop(r);
             Ok(Record {
                 verdict: Verdict::Missed,
                 series,
                 feature: req.feature.unwrap_or_else(|| "value".into()),
                 start_ts,
                 end_ts,
-                channels: Default::default(),
+                channels,
                 at_ms: now_ms,
                 note: req.note,
             })
