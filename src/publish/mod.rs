@@ -84,7 +84,9 @@ struct Retry {
 pub struct DeliveryContext {
     acker: Arc<dyn Acknowledge>,
     metrics: Metrics,
-    output_topic: String,
+    /// `attnwatch_end_to_end_latency_seconds{topic=<output>}`, resolved
+    /// once (not per delivered record).
+    end_to_end: prometheus::Histogram,
     in_flight: Arc<AtomicUsize>,
     retry: flume::Sender<Retry>,
 }
@@ -110,10 +112,7 @@ impl ProducerContext for DeliveryContext {
                     self.metrics.records_published.inc();
                     if let Some(src) = pending.source_ts_ms {
                         let now = chrono::Utc::now().timestamp_millis();
-                        self.metrics
-                            .end_to_end
-                            .with_label_values(&[&self.output_topic])
-                            .observe((now - src).max(0) as f64 / 1000.0);
+                        self.end_to_end.observe((now - src).max(0) as f64 / 1000.0);
                     }
                 }
                 if let Some(token) = pending.token {
@@ -178,10 +177,11 @@ impl Publisher {
     ) -> Result<Self, KafkaError> {
         let (tx, rx) = flume::unbounded();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let end_to_end = metrics.end_to_end.with_label_values(&[output_topic]);
         let producer: OutputProducer = config.create_with_context(DeliveryContext {
             acker,
             metrics,
-            output_topic: output_topic.to_string(),
+            end_to_end,
             in_flight: in_flight.clone(),
             retry: tx,
         })?;
