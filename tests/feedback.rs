@@ -4,7 +4,9 @@
 //! API. A restarted service (a new consumer group, so the same input is
 //! replayed from the start) reads the compacted feedback topic before it
 //! scores anything: the marked series no longer alerts on the same spike,
-//! and the other series still does. A third series, without a spike, gets
+//! and the other series still does. Before the restart, the same spike is
+//! fed again on both series: live, the marked one stays quiet and the
+//! other alerts. A third series, without a spike, gets
 //! "missed" on a calm stretch: after the restart the strongest channel at
 //! that stretch's peak is scaled up on that series only, so the peak scores
 //! `min(threshold x 1.1, 1.5 x peak)` (the same pattern alerts again when
@@ -178,6 +180,48 @@ async fn not_an_anomaly_stops_the_same_spike_alerting_on_that_series_only_after_
     assert_eq!(mark["start_ts"], spike_ts);
     let (_, metrics) = http_get(app.http_addr(), "/metrics").await;
     assert!(metrics.contains("attnwatch_feedback_series 2"), "{metrics}");
+
+    // Live, without a restart: the same spike again, later (where the
+    // daily curve is higher, so it also breaks the range both series have
+    // learned), on both series.
+    let spike2 = (n + 20).next_multiple_of(48) + 12;
+    let n2 = spike2 + 20;
+    let mut more = series(n2, spike, 11);
+    more[spike2].1 = 22.0 + 3.0 * (spike2 as f64 * std::f64::consts::TAU / 48.0).sin();
+    let calm_more = series(n2, usize::MAX, 12);
+    let spike2_ts = more[spike2].0;
+    for i in n..n2 {
+        let (ts, v) = more[i];
+        for s in ["fb-marked", "fb-other"] {
+            produce(&p, &names.input, s, &sample(s, ts, v)).await;
+        }
+        produce(
+            &p,
+            &names.input,
+            "fb-missed",
+            &sample("fb-missed", ts, calm_more[i].1),
+        )
+        .await;
+    }
+    let mut live = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let both2 = |g: &[Got]| {
+        at(g, "fb-marked", spike2_ts).is_some() && at(g, "fb-other", spike2_ts).is_some()
+    };
+    assert!(
+        read_until(&reader(&names.output), &mut live, deadline, both2).await,
+        "no outputs at the second spike {spike2_ts}"
+    );
+    let other2 = at(&live, "fb-other", spike2_ts).unwrap();
+    let marked2 = at(&live, "fb-marked", spike2_ts).unwrap();
+    assert_eq!(
+        other2["alert"], true,
+        "the other series alerts again: {other2}"
+    );
+    assert_eq!(
+        marked2["anomaly"], false,
+        "the marked series is quiet on the same spike, live: {marked2}"
+    );
     shutdown.cancel();
     app.wait().await.unwrap();
 
