@@ -367,7 +367,9 @@ mod tests {
     use super::*;
     use crate::flow::forecast::Shape;
 
-    fn forecast(mean: f32, std: f32) -> Forecast {
+    /// A forecast of `mean` and `std` for the 3 values after a context
+    /// ending at `end`.
+    fn forecast_at(end: i64, mean: f32, std: f32) -> Forecast {
         let shape = Shape {
             layers: 1,
             heads: 1,
@@ -377,9 +379,13 @@ mod tests {
         Forecast {
             mean: vec![mean; 3].into(),
             std: vec![std; 3].into(),
-            explanation: Arc::new(Explanation::from_heads(&[0.5, 0.5], shape, 0, 1, 4)),
+            explanation: Arc::new(Explanation::from_heads(&[0.5, 0.5], shape, end, 1, 4)),
             novelty: Box::new([]),
         }
+    }
+
+    fn forecast(mean: f32, std: f32) -> Forecast {
+        forecast_at(0, mean, std)
     }
 
     fn value(key: &Arc<str>, ts: i64, x: f32) -> Value<'_> {
@@ -414,20 +420,8 @@ mod tests {
         );
     }
 
-    /// A forecast of `mean` for the 3 values after a context ending at `end`.
     fn forecast_after(end: i64, mean: f32) -> Forecast {
-        let shape = Shape {
-            layers: 1,
-            heads: 1,
-            context: 4,
-            patch: 2,
-        };
-        Forecast {
-            mean: vec![mean; 3].into(),
-            std: vec![1.0; 3].into(),
-            explanation: Arc::new(Explanation::from_heads(&[0.5, 0.5], shape, end, 1, 4)),
-            novelty: Box::new([]),
-        }
+        forecast_at(end, mean, 1.0)
     }
 
     #[test]
