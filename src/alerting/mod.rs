@@ -220,9 +220,9 @@ impl Alerting {
 
     /// The next scored point; `page_id` is its id on the page, if kept.
     pub fn observe(&mut self, p: &ScoredPoint, page_id: Option<u64>) {
-        // The common case costs nothing: an ordinary point while no
-        // incident is open can neither open nor close one.
-        if self.groups.open() == 0 && !p.anomaly() {
+        // The common case costs no allocation: an ordinary point can
+        // neither open an incident nor, unless one is past its gap, close one.
+        if !p.anomaly() && self.groups.untouched_by_ordinary(p.ts) {
             return;
         }
         let Some(o) = observation(p, page_id) else {
