@@ -29,6 +29,7 @@ pub struct ScoreConfig {
     pub history: usize,
     /// Tail probability, per point, channel and series, of a strength of
     /// 1.0: the chance that an ordinary value alerts (lower = fewer alerts).
+    /// The default, 2e-4, was chosen on the NAB dev files (models/README.md).
     #[serde(default = "default_risk")]
     pub risk: f64,
     /// Scored points without an anomaly after which a series' open
@@ -128,7 +129,7 @@ pub(super) fn default_history() -> usize {
     2000
 }
 pub(super) fn default_risk() -> f64 {
-    1e-4
+    2e-4
 }
 pub(super) fn default_incident_quiet() -> u32 {
     12

@@ -47,7 +47,7 @@ pub const MARGIN: f64 = 1.1;
 /// Most a "missed" range scales a channel up on its series. A channel's
 /// strength s has tail probability `risk^s`, so a boost of b makes an
 /// ordinary value alert with probability `risk^(1/b)`: 1.5 keeps that at
-/// 0.2% of values at the default risk (1e-4).
+/// 0.34% of values at the default risk (2e-4).
 pub const MAX_BOOST: f64 = 1.5;
 
 /// Most feedback records held (the topic is compacted; beyond this the

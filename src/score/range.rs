@@ -14,7 +14,7 @@
 //!   about `1/n`, as exchangeable values would.
 //! - `m` is the mean relative excess of those ordinary breaks, with a prior
 //!   of [`PRIOR_EXCESS`] weighted as [`PRIOR_WEIGHT`] breaks. The prior puts
-//!   `p = 1e-4` (score 1.0 at the default risk) at a break by 5% of the
+//!   `p = 1e-4` (score 1.08 at the default risk, 2e-4) at a break by 5% of the
 //!   range when every value breaks it (`rate` = 1): the tolerance of HTM's
 //!   NAB detector (its "spatial anomaly"), which becomes a calibrated tail
 //!   here: the fewer breaks a series makes, the smaller a break alerts.
